@@ -1,0 +1,306 @@
+"""Shared network pieces: flow warping, modulated deformable convolutions (DCNv2) and SpyNet.
+
+* ``flow_warp`` and the DCNs follow ``docs: bsrt.md`` §6-§7 (BSRT, ``Algolzw/BSRT``, MIT). The DCNs use
+  ``torchvision.ops.deform_conv2d`` with the full, ungrouped weight, so the official DCNv2 weights load unchanged.
+* ``SpyNet`` follows ``bsrt.md`` §8 (Ranjan & Black, CVPR 2017, in the BasicSR/VRT layout), so the Sintel-final
+  weight file ``spynet_sintel_final-3d2a1287.pth`` loads with :func:`load_spynet_weights`. Nothing is downloaded.
+
+Precision: flow warping and the DCNs always compute in float32 (float64 stays float64) with autocast disabled, and
+return the dtype of their input, so the networks run under CPU bf16 and CUDA fp16/bf16 autocast.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops import deform_conv2d
+
+__all__ = ['flow_warp', 'modulated_deform_conv2d', 'FlowGuidedDCN', 'DCNSep', 'SpyNet', 'load_spynet_weights']
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is fp16/bf16; float32 and float64 are kept."""
+    return t.float() if t.dtype in _LOW_PRECISION else t
+
+
+def _no_autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+# ----------------------------------------------------------------------------------------------------- functions
+def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = 'zeros',
+              interp_mode: str = 'bilinear') -> torch.Tensor:
+    """Warp ``x`` by ``flow`` with ``grid_sample`` (align_corners=True), in float32.
+
+    Args:
+        x: (n, c, h, w) features or images.
+        flow: (n, h, w, 2) displacement in pixels, channel 0 = dx (horizontal), 1 = dy. Output pixel (y, x) reads
+            ``x`` at (y + dy, x + dx).
+        padding_mode: 'zeros' (taps outside the map are 0) or 'border' (coordinates clamped to the map).
+        interp_mode: 'bilinear' or 'nearest'.
+
+    Returns:
+        (n, c, h, w) in the dtype of ``x``.
+    """
+    if x.ndim != 4 or flow.ndim != 4 or flow.shape[-1] != 2 or x.shape[-2:] != flow.shape[1:3] \
+            or x.shape[0] != flow.shape[0]:
+        raise ValueError(f'flow_warp expects x (n, c, h, w) and flow (n, h, w, 2), got {tuple(x.shape)} and '
+                         f'{tuple(flow.shape)}')
+    dtype = x.dtype
+    _, _, h, w = x.shape
+    with _no_autocast(x.device):
+        x = _fp32(x)
+        grid_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=grid_dtype),
+                                torch.arange(w, device=x.device, dtype=grid_dtype), indexing='ij')
+        vx = xs + flow[..., 0].to(grid_dtype)  # (n, h, w)
+        vy = ys + flow[..., 1].to(grid_dtype)
+        gx = 2.0 * vx / max(w - 1, 1) - 1.0
+        gy = 2.0 * vy / max(h - 1, 1) - 1.0
+        grid = torch.stack((gx, gy), dim=3).to(x.dtype)  # (n, h, w, 2)
+        out = F.grid_sample(x, grid, mode=interp_mode, padding_mode=padding_mode, align_corners=True)
+    return out.to(dtype)
+
+
+def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor | None, stride: int = 1, padding: int = 1,
+                            dilation: int = 1) -> torch.Tensor:
+    """DCNv2 via ``torchvision.ops.deform_conv2d``, computed in float32 with autocast off.
+
+    Args:
+        x: (B, Cin, H, W) input.
+        offset: (B, 2·G·k², H', W'); channel 18g + 2t is Δy and 18g + 2t + 1 is Δx of offset group g, tap t.
+        mask: (B, G·k², H', W') modulation, channel 9g + t (for k = 3).
+        weight: (Cout, Cin, k, k), ungrouped.
+        bias: (Cout,) or None.
+
+    Returns:
+        (B, Cout, H', W') in the dtype of ``x``.
+    """
+    dtype = x.dtype
+    with _no_autocast(x.device):
+        out = deform_conv2d(_fp32(x), _fp32(offset), _fp32(weight), None if bias is None else _fp32(bias),
+                            stride=stride, padding=padding, dilation=dilation, mask=_fp32(mask))
+    return out.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------- DCN
+class _ModulatedDCN(nn.Module):
+    """Parameters shared by the two DCN packs: ``weight``, ``bias`` and a zero-initialised ``conv_offset_mask``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
+                 dilation: int = 1, deformable_groups: int = 8) -> None:
+        super().__init__()
+        if in_channels % deformable_groups:
+            raise ValueError(f'in_channels ({in_channels}) must be divisible by deformable_groups '
+                             f'({deformable_groups})')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.deformable_groups = deformable_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        self.conv_offset_mask = nn.Conv2d(in_channels, 3 * deformable_groups * kernel_size**2, kernel_size, stride,
+                                          padding, dilation)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight U(±1/sqrt(Cin·k²)), bias 0, ``conv_offset_mask`` all 0 (offset = flow, mask = 0.5 at start)."""
+        stdv = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)
+        nn.init.uniform_(self.weight, -stdv, stdv)
+        nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.conv_offset_mask.weight)
+        nn.init.zeros_(self.conv_offset_mask.bias)
+
+    def _offset_mask(self, fea: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three equal chunks (o1, o2, m) of ``conv_offset_mask(fea)``; call with autocast off."""
+        conv = self.conv_offset_mask
+        fea = _fp32(fea)
+        if conv.weight.dtype == fea.dtype:
+            out = conv(fea)
+        else:  # e.g. a model cast to bf16 as a whole: the offsets are still computed in fp32
+            out = F.conv2d(fea, conv.weight.to(fea.dtype), conv.bias.to(fea.dtype), conv.stride, conv.padding,
+                           conv.dilation)
+        return torch.chunk(out, 3, dim=1)
+
+    def _deform(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
+                                       self.dilation)
+
+    def extra_repr(self) -> str:
+        return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, ' \
+               f'padding={self.padding}, deformable_groups={self.deformable_groups}'
+
+
+class DCNSep(_ModulatedDCN):
+    """Modulated DCN whose offsets and mask come from separate features (``cas_dcnpack`` in BSRT).
+
+    offset = cat(o1, o2) (unbounded), mask = sigmoid(m), with (o1, o2, m) = chunks of ``conv_offset_mask(fea)``.
+    """
+
+    def forward(self, x: torch.Tensor, fea: torch.Tensor) -> torch.Tensor:
+        """x: (B, Cin, H, W) features to deform; fea: (B, Cin, H, W) offset features. Returns x's dtype."""
+        dtype = x.dtype
+        with _no_autocast(x.device):
+            o1, o2, m = self._offset_mask(fea)
+            out = self._deform(_fp32(x), torch.cat((o1, o2), dim=1), torch.sigmoid(m))
+        return out.to(dtype)
+
+
+class FlowGuidedDCN(_ModulatedDCN):
+    """Modulated DCN whose offsets are a bounded residual on top of an optical flow (``L*_dcnpack`` in BSRT).
+
+    offset = max_residue_magnitude·tanh(cat(o1, o2)) + flip(flow) repeated G·k² times (channels dy, dx, dy, ...),
+    mask = sigmoid(m).
+
+    Args:
+        max_residue_magnitude: bound of the learned residual offset, in pixels. Default: 10.
+        Others: as for the plain modulated DCN (in/out channels, kernel 3, stride 1, padding 1, 8 groups).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
+                 dilation: int = 1, deformable_groups: int = 8, max_residue_magnitude: float = 10.0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, deformable_groups)
+        self.max_residue_magnitude = max_residue_magnitude
+
+    def forward(self, x: torch.Tensor, fea: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """x: (B, Cin, H, W) un-warped features; fea: offset features; flow: (B, 2, H, W) with (dx, dy)."""
+        dtype = x.dtype
+        with _no_autocast(x.device):
+            o1, o2, m = self._offset_mask(fea)
+            offset = self.max_residue_magnitude * torch.tanh(torch.cat((o1, o2), dim=1))  # (B, 2·G·k², H, W)
+            flow = flow.flip(1).to(offset.dtype)  # (dx, dy) -> (dy, dx)
+            offset = offset + flow.repeat(1, offset.shape[1] // 2, 1, 1)
+            out = self._deform(_fp32(x), offset, torch.sigmoid(m))
+        return out.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------- SpyNet
+class SpyNetBasicModule(nn.Module):
+    """One pyramid level of SpyNet: five 7x7 convs (8->32->64->32->16->2) with ReLU in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        chans = (8, 32, 64, 32, 16, 2)
+        layers: list[nn.Module] = []
+        for i in range(5):
+            layers.append(nn.Conv2d(chans[i], chans[i + 1], kernel_size=7, stride=1, padding=3))
+            if i < 4:
+                layers.append(nn.ReLU())
+        self.basic_module = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 8, H, W) = [ref (3), warped supp (3), flow (2)] -> (B, 2, H, W) flow residual."""
+        return self.basic_module(x)
+
+
+class SpyNet(nn.Module):
+    """SpyNet optical flow (6-level pyramid), BasicSR/VRT layout; ``bsrt.md`` §8.
+
+    Args:
+        return_levels: pyramid levels to return (5 = finest, full size), in this order. Default: (5, 4, 3).
+    """
+
+    num_levels = 6
+
+    def __init__(self, return_levels: Sequence[int] = (5, 4, 3)) -> None:
+        super().__init__()
+        if not return_levels or any(not 0 <= lv < self.num_levels for lv in return_levels):
+            raise ValueError(f'return_levels must be levels in 0..5, got {return_levels}')
+        self.return_levels = tuple(return_levels)
+        self.basic_module = nn.ModuleList([SpyNetBasicModule() for _ in range(self.num_levels)])
+        # Registered after the convs, as in the original: the Sintel weight file has no mean/std entries.
+        self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=True)
+        self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=True)
+
+    def forward(self, ref: torch.Tensor, supp: torch.Tensor) -> list[torch.Tensor]:
+        """Flow from ``ref`` to ``supp``: warping ``supp`` by it aligns ``supp`` to ``ref``.
+
+        Args:
+            ref, supp: (B, 3, H, W) images, H and W > 32 (the coarsest of the 6 levels must hold a 2x2 flow).
+
+        Returns:
+            One (B, 2, H // s, W // s) flow (dx, dy in pixels of that size) per level of ``return_levels``, with
+            s = 2 ** (5 - level).
+        """
+        if ref.shape != supp.shape or ref.ndim != 4 or ref.shape[1] != 3:
+            raise ValueError(f'SpyNet expects two (B, 3, H, W) images, got {tuple(ref.shape)} and '
+                             f'{tuple(supp.shape)}')
+        n, _, h, w = ref.shape
+        hp, wp = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
+        if hp < 64 or wp < 64:
+            raise ValueError(f'SpyNet needs images larger than 32x32 (its coarsest level is 1/32 of the size '
+                             f'rounded up to a multiple of 32 and must hold a 2x2 flow), got {h}x{w}')
+        if (hp, wp) != (h, w):
+            ref = F.interpolate(ref, size=(hp, wp), mode='bilinear', align_corners=False)
+            supp = F.interpolate(supp, size=(hp, wp), mode='bilinear', align_corners=False)
+
+        refs = [(ref - self.mean) / self.std]
+        supps = [(supp - self.mean) / self.std]
+        for _ in range(self.num_levels - 1):  # pyramid, coarsest first
+            refs.insert(0, F.avg_pool2d(refs[0], kernel_size=2, stride=2, count_include_pad=False))
+            supps.insert(0, F.avg_pool2d(supps[0], kernel_size=2, stride=2, count_include_pad=False))
+
+        flow = refs[0].new_zeros(n, 2, hp // 64, wp // 64)
+        level_flows = {}
+        for level in range(self.num_levels):
+            up = F.interpolate(flow, scale_factor=2, mode='bilinear', align_corners=True) * 2.0
+            if up.shape[2] != refs[level].shape[2]:
+                up = F.pad(up, (0, 0, 0, 1), mode='replicate')  # one row at the bottom
+            if up.shape[3] != refs[level].shape[3]:
+                up = F.pad(up, (0, 1, 0, 0), mode='replicate')  # one column at the right
+            warped = flow_warp(supps[level], up.permute(0, 2, 3, 1), padding_mode='border')
+            flow = self.basic_module[level](torch.cat((refs[level], warped, up), dim=1)) + up
+            level_flows[level] = flow
+
+        out = []
+        for level in self.return_levels:
+            f = level_flows[level]
+            s = 2**(self.num_levels - 1 - level)
+            if (hp, wp) != (h, w):  # back to the input size, flow rescaled to its pixels
+                f = F.interpolate(f, size=(h // s, w // s), mode='bilinear', align_corners=False)
+                f = torch.cat((f[:, :1] * ((w // s) / (wp // s)), f[:, 1:] * ((h // s) / (hp // s))), dim=1)
+            out.append(f)
+        return out
+
+
+def load_spynet_weights(spynet: SpyNet, path: str | Path) -> None:
+    """Load the official SpyNet file (``{'params': {60 conv tensors}}``, e.g. ``spynet_sintel_final-3d2a1287.pth``).
+
+    ``mean``/``std`` are not in that file and keep their values. Raises ``FileNotFoundError`` for a missing file
+    and ``ValueError`` naming the file when it is not in that format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'SpyNet weight file not found: {path}')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:
+        raise ValueError(f'{path}: cannot be read as a SpyNet weight file ({type(exc).__name__}: {exc})') from exc
+    expected = {k: v.shape for k, v in spynet.named_parameters()}
+    fmt = (f"expected a dict with key 'params' holding the {len(expected)} tensors "
+           "basic_module.{0..5}.basic_module.{0,2,4,6,8}.{weight,bias}")
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get('params'), Mapping):
+        keys = list(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise ValueError(f'{path}: not a SpyNet weight file: {fmt}; found {keys}')
+    params = ckpt['params']
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f'{path}: not a SpyNet weight file: {fmt}; missing {missing[:4]}'
+                         f'{" ..." if len(missing) > 4 else ""}, unexpected {unexpected[:4]}'
+                         f'{" ..." if len(unexpected) > 4 else ""}')
+    wrong = [f'{k} {tuple(params[k].shape)} != {tuple(s)}' for k, s in expected.items() if params[k].shape != s]
+    if wrong:
+        raise ValueError(f'{path}: SpyNet tensors with wrong shapes: {", ".join(wrong[:4])}')
+    spynet.load_state_dict(dict(params), strict=False)

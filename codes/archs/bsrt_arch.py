@@ -1,0 +1,359 @@
+"""BSRT: Burst Super-Resolution Transformer.
+
+Paper: Luo et al., "BSRT: Improving Burst Super-Resolution with Swin Transformer and Flow-Guided Deformable
+Alignment", CVPR Workshops 2022, arXiv 2204.08332.
+Upstream: ``Algolzw/BSRT`` at commit da8d5154 (MIT licence), ``code/*/bsrt/model/bsrt.py``; re-implemented from
+``docs: bsrt.md`` so that the official checkpoints load strictly (same names, shapes and persistent buffers).
+
+Input (B, N, 4, h, w): packed RGGB bursts in [0, 1], frame 0 the reference. Output (B, 3, 8h, 8w): linear camera
+RGB, not clamped. Parts:
+
+* skip branch: the reference frame, pixel-shuffled to its raw mosaic and upsampled ×4;
+* flow branch: every frame's mosaic -> learned pseudo-RGB -> SpyNet flow to the reference at three scales;
+* per-frame shallow features: conv + Swin blocks at packed size, then a 3-level feature pyramid with an FPN;
+* flow-guided pyramid deformable alignment of every frame (the reference included) to the reference;
+* fusion (1x1 conv over the frame-major stack), SwinIR-style residual Swin groups, then ×4 pixel-shuffle upsampling.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from codes.archs.arch_util import DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights
+from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, compute_shift_mask
+from codes.utils.registry import ARCH_REGISTRY
+
+__all__ = ['BSRT', 'FlowGuidedPCDAlign', 'convert_bsrt_checkpoint', 'BSRT_LEVELS']
+
+# Published hyper-parameters (``make_model`` in the original): embed_dim, depths (pre_layers first), num_heads.
+BSRT_LEVELS: dict[str, dict] = {
+    'S': dict(embed_dim=60, depths=(6, 6, 6, 6, 6), num_heads=6),
+    'L': dict(embed_dim=180, depths=(6, 8, 8, 8, 8, 8, 8), num_heads=6),
+}
+
+
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear ×2, align_corners=False."""
+    return F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
+
+
+def convert_bsrt_checkpoint(state_dict: Mapping, param_key: str = 'params') -> 'OrderedDict[str, torch.Tensor]':
+    """Normalise a BSRT checkpoint into a bare state_dict for ``BSRT.load_state_dict(..., strict=True)``.
+
+    Accepts the official bare state_dict, a ``{'params': ...}`` / ``{'params_ema': ...}`` wrapper (``param_key``
+    first, then the other of the two), and strips a ``module.`` prefix. The input is left unchanged.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f'expected a state_dict (a mapping), got {type(state_dict).__name__}')
+    for key in (param_key, 'params', 'params_ema'):
+        if isinstance(state_dict.get(key), Mapping):
+            state_dict = state_dict[key]
+            break
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"not a BSRT state_dict: entry '{k}' is a {type(v).__name__}, not a tensor "
+                             f"(wrapper keys tried: {param_key!r}, 'params', 'params_ema')")
+        out[k[len('module.'):] if k.startswith('module.') else k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- blocks
+class FlowGuidedPCDAlign(nn.Module):
+    """Flow-guided pyramid, cascading and deformable alignment (``align`` in BSRT; ``bsrt.md`` §4.5).
+
+    Offsets are predicted from the flow-pre-warped neighbour, the reference and the flow; the DCNs deform the
+    un-warped neighbour, with the flow as base offset. Levels are coarse (L3, 1/4) to fine (L1).
+
+    Args:
+        num_feat: feature channels at every level.
+        deformable_groups: offset groups of each DCN.
+    """
+
+    def __init__(self, num_feat: int = 64, deformable_groups: int = 8) -> None:
+        super().__init__()
+        nf, g = num_feat, deformable_groups
+
+        def conv(cin: int) -> nn.Conv2d:
+            return nn.Conv2d(cin, nf, 3, 1, 1)
+
+        self.L3_offset_conv1 = conv(2 * nf + 2)
+        self.L3_offset_conv2 = conv(nf)
+        self.L3_dcnpack = FlowGuidedDCN(nf, nf, 3, stride=1, padding=1, deformable_groups=g)
+        self.L2_offset_conv1 = conv(2 * nf + 2)
+        self.L2_offset_conv2 = conv(2 * nf)
+        self.L2_offset_conv3 = conv(nf)
+        self.L2_dcnpack = FlowGuidedDCN(nf, nf, 3, stride=1, padding=1, deformable_groups=g)
+        self.L2_fea_conv = conv(2 * nf)
+        self.L1_offset_conv1 = conv(2 * nf + 2)
+        self.L1_offset_conv2 = conv(2 * nf)
+        self.L1_offset_conv3 = conv(nf)
+        self.L1_dcnpack = FlowGuidedDCN(nf, nf, 3, stride=1, padding=1, deformable_groups=g)
+        self.L1_fea_conv = conv(2 * nf)
+        self.cas_offset_conv1 = conv(2 * nf)
+        self.cas_offset_conv2 = conv(nf)
+        self.cas_dcnpack = DCNSep(nf, nf, 3, stride=1, padding=1, deformable_groups=g)
+        self.lrelu = nn.LeakyReLU(0.1)
+
+    def forward(self, nbr: Sequence[torch.Tensor], ref: Sequence[torch.Tensor],
+                flows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """nbr, ref: [L1, L2, L3] features (B, F, H/2^k, W/2^k); flows: [flow1, flow2, flow3] (B, 2, ·, ·) with
+        (dx, dy) from ref to nbr. Returns the aligned L1 features (B, F, H, W)."""
+        act = self.lrelu
+        warped = [flow_warp(n, f.permute(0, 2, 3, 1), padding_mode='zeros') for n, f in zip(nbr, flows)]
+
+        # level 3 (1/4)
+        o3 = act(self.L3_offset_conv1(torch.cat((warped[2], ref[2], flows[2].to(ref[2].dtype)), dim=1)))
+        o3 = act(self.L3_offset_conv2(o3))
+        f3 = act(self.L3_dcnpack(nbr[2], o3, flows[2]))
+        # level 2 (1/2)
+        o2 = act(self.L2_offset_conv1(torch.cat((warped[1], ref[1], flows[1].to(ref[1].dtype)), dim=1)))
+        o2 = act(self.L2_offset_conv2(torch.cat((o2, 2 * _up2(o3)), dim=1)))
+        o2 = act(self.L2_offset_conv3(o2))
+        f2 = self.L2_dcnpack(nbr[1], o2, flows[1])
+        f2 = act(self.L2_fea_conv(torch.cat((f2, _up2(f3)), dim=1)))
+        # level 1 (full)
+        o1 = act(self.L1_offset_conv1(torch.cat((warped[0], ref[0], flows[0].to(ref[0].dtype)), dim=1)))
+        o1 = act(self.L1_offset_conv2(torch.cat((o1, 2 * _up2(o2)), dim=1)))
+        o1 = act(self.L1_offset_conv3(o1))
+        f1 = self.L1_dcnpack(nbr[0], o1, flows[0])
+        f1 = self.L1_fea_conv(torch.cat((f1, _up2(f2)), dim=1))  # no activation
+        # cascade
+        oc = act(self.cas_offset_conv1(torch.cat((f1, ref[0]), dim=1)))
+        oc = act(self.cas_offset_conv2(oc))
+        return self.cas_dcnpack(f1, oc)  # no activation
+
+
+# ----------------------------------------------------------------------------------------------------- network
+@ARCH_REGISTRY.register()
+class BSRT(nn.Module):
+    """BSRT burst super-resolution network (×4 of the raw mosaic, ×8 of the packed input).
+
+    Args:
+        level: 'S' or 'L' for the published hyper-parameters, or None (then embed_dim, depths and num_heads are
+            required). Explicit arguments override the level's values.
+        embed_dim: Swin width C (S: 60, L: 180).
+        depths: Swin blocks per stage; ``depths[0]`` plain blocks form ``pre_layers`` (per-frame features at packed
+            size), each later entry is one residual Swin group ``layers.g`` at raw size.
+        num_heads: attention heads, one for all stages or one per entry of ``depths``. Default: 6.
+        window_size: attention window; shift is window_size // 2. Packed h and w must be multiples of it.
+        mlp_ratio: MLP hidden width / C.
+        burst_size: frames per burst N, fixed because ``fusion`` has N·num_feat input channels.
+        num_feat: CNN width F of alignment and upsampling.
+        deformable_groups: offset groups of the DCNs.
+        drop_path_rate: stochastic depth, linspace(0, rate) over all Swin blocks (pre_layers first).
+        spynet_path: optional SpyNet weight file (``{'params': ...}``, Sintel-final); never downloaded.
+        use_checkpoint: gradient checkpointing per Swin block (saves memory, costs a recompute).
+    """
+
+    def __init__(self, level: str | None = 'S', embed_dim: int | None = None, depths: Sequence[int] | None = None,
+                 num_heads: Sequence[int] | int | None = None, window_size: int = 8, mlp_ratio: float = 2.0,
+                 burst_size: int = 14, num_feat: int = 64, deformable_groups: int = 8, drop_path_rate: float = 0.1,
+                 spynet_path: str | None = None, use_checkpoint: bool = False) -> None:
+        super().__init__()
+        embed_dim, depths, heads = self._resolve_hparams(level, embed_dim, depths, num_heads)
+        self._validate(embed_dim, depths, heads, window_size, mlp_ratio, burst_size, num_feat, deformable_groups,
+                       drop_path_rate)
+        self.level = level
+        self.embed_dim = embed_dim
+        self.depths = depths
+        self.num_heads = heads
+        self.window_size = window_size
+        self.burst_size = burst_size
+        self.num_feat = num_feat
+        nf, c = num_feat, embed_dim
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        swin = dict(window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=True, qk_scale=None,
+                    use_checkpoint=use_checkpoint)
+
+        # Registration order = state_dict order (keys/bsrt_{S,L}.txt).
+        self.spynet = SpyNet(return_levels=(5, 4, 3))
+        self.conv_flow = nn.Conv2d(1, 3, 3, 1, 1)
+        self.flow_ps = nn.PixelShuffle(2)
+        self.patch_embed = PatchEmbed(c, use_norm=True)  # shared by pre_layers and the RSTB stack
+        self.patch_unembed = PatchUnEmbed()
+        self.conv_first = nn.Conv2d(4, c, 3, 1, 1)
+        self.pre_layers = nn.ModuleList([
+            SwinTransformerBlock(c, heads[0], shift_size=0 if i % 2 == 0 else window_size // 2,
+                                 drop_path=rates[i], **swin) for i in range(depths[0])
+        ])
+        self.pre_norm = nn.LayerNorm(c)
+        self.conv_after_pre_layer = nn.Conv2d(c, 4 * nf, 3, 1, 1)
+        self.mid_ps = nn.PixelShuffle(2)
+        self.fea_L2_conv1 = nn.Conv2d(nf, 2 * nf, 3, 2, 1)
+        self.fea_L3_conv1 = nn.Conv2d(2 * nf, 4 * nf, 3, 2, 1)
+        self.toplayer = nn.Conv2d(4 * nf, nf, 1, 1, 0)
+        self.smooth1 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.smooth2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.latlayer1 = nn.Conv2d(2 * nf, nf, 1, 1, 0)
+        self.latlayer2 = nn.Conv2d(nf, nf, 1, 1, 0)
+        self.align = FlowGuidedPCDAlign(nf, deformable_groups)
+        self.fusion = nn.Conv2d(burst_size * nf, c, 1, 1, 0)
+        self.layers = nn.ModuleList()
+        start = depths[0]
+        for g, depth in enumerate(depths[1:], start=1):
+            self.layers.append(RSTB(c, depth, heads[g], drop_path=rates[start:start + depth], **swin))
+            start += depth
+        self.norm = nn.LayerNorm(c)
+        self.conv_after_body = nn.Conv2d(c, c, 3, 1, 1)
+        self.upconv1 = nn.Conv2d(c, 4 * nf, 3, 1, 1)
+        self.upconv2 = nn.Conv2d(nf, 4 * nf, 3, 1, 1)
+        self.pixel_shuffle = nn.PixelShuffle(2)
+        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(nf, 3, 3, 1, 1)
+        self.skip_pixel_shuffle = nn.PixelShuffle(2)
+        self.skipup1 = nn.Conv2d(1, 4 * nf, 3, 1, 1)
+        self.skipup2 = nn.Conv2d(nf, 4 * 3, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(0.1)
+
+        self.apply(self._init_weights)
+        if spynet_path is not None:
+            if not Path(spynet_path).is_file():
+                raise FileNotFoundError(f"option 'network_g.spynet_path': SpyNet weight file not found: "
+                                        f'{spynet_path} (weights are never downloaded; leave it empty for a '
+                                        'random init)')
+            load_spynet_weights(self.spynet, spynet_path)
+
+    # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _resolve_hparams(level: str | None, embed_dim: int | None, depths: Sequence[int] | None,
+                         num_heads: Sequence[int] | int | None) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        if level is not None and level not in BSRT_LEVELS:
+            raise ValueError(f"option 'level': expected one of {sorted(BSRT_LEVELS)} or None, got {level!r}")
+        base = dict(BSRT_LEVELS[level]) if level is not None else {'num_heads': 6}
+        for key, value in (('embed_dim', embed_dim), ('depths', depths), ('num_heads', num_heads)):
+            if value is not None:
+                base[key] = value
+        missing = [k for k in ('embed_dim', 'depths') if k not in base]
+        if missing:
+            raise ValueError(f"with level None the option(s) {', '.join(missing)} must be given")
+        if isinstance(base['depths'], (int, str)) or len(base['depths']) < 2:
+            raise ValueError(f"option 'depths': expected a list of at least 2 block counts (pre_layers, then one or "
+                             f"more residual Swin groups), got {base['depths']!r}")
+        depths_t = tuple(int(d) for d in base['depths'])
+        heads = base['num_heads']
+        heads_t = (int(heads), ) * len(depths_t) if isinstance(heads, int) else tuple(int(h) for h in heads)
+        if len(heads_t) != len(depths_t):
+            raise ValueError(f"option 'num_heads': give one value or one per entry of depths ({len(depths_t)}), "
+                             f'got {heads!r}')
+        return int(base['embed_dim']), depths_t, heads_t
+
+    @staticmethod
+    def _validate(embed_dim: int, depths: tuple[int, ...], heads: tuple[int, ...], window_size: int,
+                  mlp_ratio: float, burst_size: int, num_feat: int, deformable_groups: int,
+                  drop_path_rate: float) -> None:
+        if embed_dim < 1:
+            raise ValueError(f"option 'embed_dim' must be >= 1, got {embed_dim}")
+        if any(d < 1 for d in depths):
+            raise ValueError(f"option 'depths': every entry must be >= 1, got {depths}")
+        bad = [h for h in heads if h < 1 or embed_dim % h]
+        if bad:
+            raise ValueError(f"option 'embed_dim' ({embed_dim}) must be divisible by every 'num_heads' entry, "
+                             f'got num_heads {heads}')
+        if window_size < 2:
+            raise ValueError(f"option 'window_size' must be >= 2, got {window_size}")
+        if mlp_ratio <= 0:
+            raise ValueError(f"option 'mlp_ratio' must be > 0, got {mlp_ratio}")
+        if burst_size < 1:
+            raise ValueError(f"option 'burst_size' must be >= 1, got {burst_size}")
+        if num_feat < 1 or num_feat % deformable_groups:
+            raise ValueError(f"option 'num_feat' ({num_feat}) must be positive and divisible by "
+                             f"'deformable_groups' ({deformable_groups})")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"option 'drop_path_rate' must be in [0, 1), got {drop_path_rate}")
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        """Linear: trunc_normal(0.02) and bias 0; LayerNorm: 1 and 0. Convs keep the PyTorch default."""
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay (the relative position bias tables)."""
+        return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
+
+    # ------------------------------------------------------------------ forward
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` explaining why ``x`` cannot go through this model."""
+        if x.ndim != 5 or x.shape[2] != 4:
+            raise ValueError(f'BSRT expects a packed RGGB burst (B, N, 4, h, w), got shape {tuple(x.shape)}')
+        b, n, _, h, w = x.shape
+        if n != self.burst_size:
+            raise ValueError(f'this BSRT was built for bursts of {self.burst_size} frames (burst_size), got {n} '
+                             f'frames; the fusion conv has burst_size * num_feat input channels')
+        multiple = math.lcm(self.window_size, 2)
+        if h % multiple or w % multiple:
+            raise ValueError(f'packed h and w must be multiples of {multiple} (Swin window {self.window_size} at '
+                             f'packed size, no internal padding), got {h}x{w}; pad or crop the burst first')
+        if h <= 16 or w <= 16:
+            raise ValueError(f'packed h and w must be larger than 16 (32 is the smallest size used in practice), '
+                             f'got {h}x{w}: SpyNet runs on the {2 * h}x{2 * w} raw mosaic rounded up to a multiple '
+                             f'of 32 and its coarsest pyramid level (1/32) must be at least 2x2')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, N, 4, h, w) packed RGGB bursts in [0, 1], frame 0 the reference -> (B, 3, 8h, 8w) linear RGB."""
+        self.check_input(x)
+        b, n, _, h, w = x.shape
+        hr, wr = 2 * h, 2 * w  # raw mosaic size
+        nf, c = self.num_feat, self.embed_dim
+        act = self.lrelu
+        frames = x.reshape(b * n, 4, h, w)
+
+        # skip branch on the reference frame
+        skip1 = act(self.pixel_shuffle(self.skipup1(self.skip_pixel_shuffle(x[:, 0]))))  # (B, F, 2H, 2W)
+        skip2 = self.pixel_shuffle(self.skipup2(skip1))  # (B, 3, 4H, 4W)
+
+        # flow branch: pseudo-RGB of every frame, SpyNet from frame 0 to each frame (frame 0 included)
+        pseudo = self.conv_flow(self.flow_ps(frames)).view(b, n, 3, hr, wr)
+        ref_rgb = pseudo[:, :1].expand(-1, n, -1, -1, -1).reshape(b * n, 3, hr, wr)
+        flows = self.spynet(ref_rgb, pseudo.reshape(b * n, 3, hr, wr))  # [(B*N, 2, H/s, W/s) for s = 1, 2, 4]
+
+        # shallow per-frame features at packed size
+        feat = act(self.conv_first(frames))  # (B*N, C, h, w)
+        tokens = self.patch_embed(feat)  # (B*N, h*w, C)
+        mask = compute_shift_mask(h, w, self.window_size, self.window_size // 2, x.device)
+        for blk in self.pre_layers:
+            tokens = blk(tokens, (h, w), mask)
+        feat = self.patch_unembed(self.pre_norm(tokens), (h, w))  # (B*N, C, h, w)
+        l1 = self.mid_ps(self.conv_after_pre_layer(feat))  # (B*N, F, H, W)
+
+        # feature pyramid + FPN
+        l2 = act(self.fea_L2_conv1(l1))  # (B*N, 2F, H/2, W/2)
+        l3 = act(self.fea_L3_conv1(l2))  # (B*N, 4F, H/4, W/4)
+        l3 = act(self.toplayer(l3))  # (B*N, F, H/4, W/4)
+        l2 = self.smooth1(_up2(l3) + self.latlayer1(l2))
+        l1 = self.smooth2(_up2(l2) + self.latlayer2(l1))
+
+        # alignment of all frames to frame 0, batched over frames (each op is per sample)
+        nbr = [l1, l2, l3]
+        ref = [f.view(b, n, *f.shape[1:])[:, :1].expand(-1, n, -1, -1, -1).reshape(f.shape) for f in nbr]
+        aligned = self.align(nbr, ref, flows)  # (B*N, F, H, W)
+
+        # fusion: frame-major channel stack
+        x0 = act(self.fusion(aligned.view(b, n * nf, hr, wr)))  # (B, C, H, W)
+
+        # deep features at raw size
+        tokens = self.patch_embed(x0)  # (B, H*W, C)
+        mask = compute_shift_mask(hr, wr, self.window_size, self.window_size // 2, x.device)
+        for layer in self.layers:
+            tokens = layer(tokens, (hr, wr), mask)
+        t = self.patch_unembed(self.norm(tokens), (hr, wr))  # (B, C, H, W)
+        x1 = act(self.conv_after_body(t)) + x0
+
+        # ×4 upsampling with the skip branch
+        u = act(self.pixel_shuffle(self.upconv1(x1))) + skip1  # (B, F, 2H, 2W)
+        u = act(self.pixel_shuffle(self.upconv2(u)))  # (B, F, 4H, 4W)
+        u = act(self.HRconv(u))
+        return self.conv_last(u) + skip2  # (B, 3, 4H, 4W) = (B, 3, 8h, 8w)

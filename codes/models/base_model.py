@@ -1,0 +1,270 @@
+"""The model base class: device, DDP wrapping, precision, optimiser and scheduler, EMA, freezing, checkpoints.
+
+Subclasses add ``feed_data``, the loss in ``compute_loss`` and ``validation``. The training step itself lives
+here (``optimize_parameters``), so every model gets autocast, GradScaler (fp16 only), gradient clipping, the
+non-finite-gradient guard and the EMA update the same way.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from codes.archs import build_network
+from codes.losses import build_loss
+from codes.models.optim import build_optimizer, build_scheduler
+from codes.utils import dist as du
+from codes.utils.checkpoint import atomic_save, get_rng_states, load_network, set_rng_states
+
+__all__ = ['BaseModel', 'select_device']
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def select_device(opt: dict) -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available and ``num_gpu`` is not 0, else the CPU."""
+    num_gpu = opt.get('num_gpu', 'auto')
+    if num_gpu != 0 and torch.cuda.is_available():
+        return torch.device('cuda', du.local_rank())
+    if num_gpu not in (0, 'auto'):
+        logger.warning('num_gpu is %s but CUDA is not available: running on the CPU', num_gpu)
+    return torch.device('cpu')
+
+
+class BaseModel:
+    """Owns ``net_g`` (and ``net_g_ema``), its optimisation and its checkpoints.
+
+    Args:
+        opt: the whole normalised option tree (see ``codes.utils.options``).
+    """
+
+    def __init__(self, opt: dict) -> None:
+        self.opt = opt
+        self.is_train = bool(opt.get('is_train', False))
+        self.rank, self.world_size = du.get_dist_info()
+        self.device = select_device(opt)
+        self.net_g = build_network(opt['network_g']).to(self.device)
+        n_params = sum(p.numel() for p in self.net_g.parameters())
+        logger.info('Network %s: %s parameters', type(self.net_g).__name__, f'{n_params:,}')
+        path = opt.get('path', {})
+        self.pretrained = path.get('pretrain_network_g')
+        if self.pretrained:
+            load_network(self.net_g, self.pretrained, path.get('strict_load_g', True), path.get('param_key_g', 'params'))
+        self.net_g_ema: nn.Module | None = None
+        self.amp_dtype = _DTYPES[opt.get('train', {}).get('precision', 'fp32')]
+        self.eval_dtype = _DTYPES[opt.get('val', {}).get('precision', 'fp32')]
+        self.best: dict[str, dict[str, Any]] = {}
+        self.nan_skips = 0
+        if self.is_train:
+            self._init_training()
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _init_training(self) -> None:
+        train = self.opt['train']
+        self.net_g.train()
+        ema_decay = float(train.get('ema_decay', 0.0))
+        if ema_decay > 0:
+            self.net_g_ema = copy.deepcopy(self.net_g).eval()
+            for p in self.net_g_ema.parameters():
+                p.requires_grad_(False)
+            if self.pretrained:  # an EMA in the pretrain file wins over a copy of params
+                try:
+                    load_network(self.net_g_ema, self.pretrained, True, 'params_ema')
+                except Exception as exc:  # the file has no usable params_ema: keep the copy of params
+                    logger.info('EMA starts as a copy of net_g (%s)', exc)
+        self.ema_decay = ema_decay
+        freeze = train.get('freeze') or {}
+        self.freeze_patterns = list(freeze.get('patterns', []))
+        self.freeze_iters = int(freeze.get('iters', 0))
+        if self.freeze_patterns and self.freeze_iters > 0 and self.pretrained:
+            logger.info('Not freezing %s: weights come from %s (freezing is for training from scratch)',
+                        self.freeze_patterns, self.pretrained)
+            self.freeze_iters = 0
+        self._frozen: bool | None = None
+        if self.world_size > 1:
+            find_unused = self.opt.get('find_unused_parameters', self.freeze_iters > 0)
+            ids = [self.device.index] if self.device.type == 'cuda' else None
+            self.net_g = DistributedDataParallel(self.net_g, device_ids=ids, find_unused_parameters=find_unused)
+        self.optimizer = build_optimizer(self.bare_net.parameters(), train['optim_g'])
+        self.scheduler = build_scheduler(self.optimizer, train['scheduler']) if train.get('scheduler') else None
+        self.cri_pix = build_loss(train.get('pixel_opt', {'type': 'L1Loss'})).to(self.device)
+        precision = train.get('precision', 'fp32')
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == 'fp16' else None
+        self.grad_clip_norm = train.get('grad_clip_norm')
+        self.nan_skip_limit = int(train.get('nan_skip_limit', 100))
+        logger.info('Training in %s on %s (world size %d)', precision, self.device, self.world_size)
+
+    @property
+    def bare_net(self) -> nn.Module:
+        """``net_g`` without its DDP wrapper."""
+        return self.net_g.module if isinstance(self.net_g, DistributedDataParallel) else self.net_g
+
+    def autocast(self, dtype: torch.dtype | None = None):
+        """Autocast to ``dtype`` (default: the training precision); a no-op for fp32."""
+        dtype = dtype or self.amp_dtype
+        if dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # --------------------------------------------------------------------------------------------- training
+    def apply_freeze(self, current_iter: int) -> None:
+        """Freeze parameters matching ``train.freeze.patterns`` for iterations 1..``train.freeze.iters``."""
+        frozen = bool(self.freeze_patterns) and current_iter <= self.freeze_iters
+        if frozen == self._frozen:
+            return
+        names = []
+        for name, p in self.bare_net.named_parameters():
+            if any(pat in name or fnmatch.fnmatch(name, pat) for pat in self.freeze_patterns):
+                p.requires_grad_(not frozen)
+                names.append(name)
+        if self._frozen is not None or frozen:
+            logger.info('%s %d parameter tensors matching %s at iteration %d', 'Froze' if frozen else 'Unfroze',
+                        len(names), self.freeze_patterns, current_iter)
+        self._frozen = frozen
+
+    def compute_loss(self) -> dict[str, torch.Tensor]:
+        """Forward and losses of the current batch: ``{'l_total': ..., 'l_pix': ...}``. Subclasses implement."""
+        raise NotImplementedError
+
+    def optimize_parameters(self, current_iter: int) -> dict[str, float]:
+        """One training step; returns the losses as floats (and ``skipped`` when the step was skipped)."""
+        self.apply_freeze(current_iter)
+        self.net_g.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self.compute_loss()
+        total = losses['l_total']
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self._frozen:  # DDP may have filled zero gradients for the frozen tensors: Adam must not see them
+            for p in self.bare_net.parameters():
+                if not p.requires_grad:
+                    p.grad = None
+        params = [p for p in self.bare_net.parameters() if p.grad is not None]
+        max_norm = self.grad_clip_norm if self.grad_clip_norm else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out['grad_norm'] = float(grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step itself on inf/NaN gradients
+            self.scaler.update()
+        elif math.isfinite(out['grad_norm']):
+            self.optimizer.step()
+        else:  # gradients are identical on every rank after the all-reduce, so every rank skips together
+            self.nan_skips += 1
+            out['skipped'] = 1.0
+            logger.warning('Non-finite gradient at iteration %d (loss %s): step skipped (%d so far)',
+                           current_iter, out['l_total'], self.nan_skips)
+            if self.nan_skips > self.nan_skip_limit:
+                raise FloatingPointError(f'more than train.nan_skip_limit={self.nan_skip_limit} non-finite steps; '
+                                         'lower the learning rate, set train.grad_clip_norm or use fp32')
+            return out
+        if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step()
+        if self.net_g_ema is not None:
+            self._update_ema()
+        return out
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        ema_params = dict(self.net_g_ema.named_parameters())
+        for name, p in self.bare_net.named_parameters():
+            ema_params[name].lerp_(p.detach(), 1.0 - self.ema_decay)
+        ema_buffers = dict(self.net_g_ema.named_buffers())
+        for name, b in self.bare_net.named_buffers():
+            ema_buffers[name].copy_(b)
+
+    def step_plateau(self, value: float) -> None:
+        """Step a ReduceLROnPlateau scheduler with a validation value (other schedulers ignore it)."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(value)
+
+    def current_lr(self) -> list[float]:
+        """The learning rate of every parameter group."""
+        return [g['lr'] for g in self.optimizer.param_groups]
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network used for validation and testing: the EMA copy if there is one."""
+        return self.net_g_ema if self.net_g_ema is not None else self.bare_net
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    def save(self, current_iter: int, epoch: int) -> None:
+        """Write ``net_g_<iter>.pth`` and ``<iter>.state`` atomically (rank 0), then the ``last_checkpoint`` pointer.
+
+        Every rank takes part, because the RNG states of all ranks are gathered into the state file.
+        """
+        rng = get_rng_states()
+        if self.world_size > 1:
+            gathered: list[Any] = [None] * self.world_size
+            torch.distributed.all_gather_object(gathered, rng)
+        else:
+            gathered = [rng]
+        if self.rank == 0:
+            path = self.opt['path']
+            weights = {'params': _cpu_state(self.bare_net)}
+            if self.net_g_ema is not None:
+                weights['params_ema'] = _cpu_state(self.net_g_ema)
+            models_dir, states_dir = Path(path['models']), Path(path['training_states'])
+            atomic_save(weights, models_dir / f'net_g_{current_iter}.pth')
+            state = {
+                'iter': current_iter, 'epoch': epoch, 'optimizers': [self.optimizer.state_dict()],
+                'schedulers': [self.scheduler.state_dict()] if self.scheduler is not None else [],
+                'scaler': self.scaler.state_dict() if self.scaler is not None else None,
+                'rng': gathered, 'best': self.best, 'nan_skips': self.nan_skips, 'world_size': self.world_size,
+            }
+            atomic_save(state, states_dir / f'{current_iter}.state')
+            pointer = Path(path['experiments_root']) / 'last_checkpoint'
+            tmp = pointer.with_name('.last_checkpoint.tmp')
+            tmp.write_text(f'{states_dir / f"{current_iter}.state"}\n')
+            os.replace(tmp, pointer)
+            logger.info('Saved checkpoint and training state at iteration %d', current_iter)
+            self._prune(models_dir, states_dir, current_iter)
+        du.barrier()
+
+    def _prune(self, models_dir: Path, states_dir: Path, current_iter: int) -> None:
+        keep = int(self.opt.get('logger', {}).get('keep_last', 0))
+        if keep <= 0:
+            return
+        iters = sorted(int(p.stem) for p in states_dir.glob('*.state') if p.stem.isdigit())
+        for it in iters[:-keep]:
+            (states_dir / f'{it}.state').unlink(missing_ok=True)
+            (models_dir / f'net_g_{it}.pth').unlink(missing_ok=True)
+
+    def resume_training(self, state: dict, weights_path: str | os.PathLike) -> None:
+        """Restore weights, EMA, optimiser, scheduler, scaler, RNG states and best metrics from a training state."""
+        load_network(self.bare_net, weights_path, True, 'params')
+        if self.net_g_ema is not None:
+            load_network(self.net_g_ema, weights_path, True, 'params_ema')
+        self.optimizer.load_state_dict(state['optimizers'][0])
+        if self.scheduler is not None and state['schedulers']:
+            self.scheduler.load_state_dict(state['schedulers'][0])
+        if self.scaler is not None and state.get('scaler'):
+            self.scaler.load_state_dict(state['scaler'])
+        rng = state['rng']
+        if len(rng) == self.world_size:
+            set_rng_states(rng[self.rank])
+        else:
+            logger.warning('Training state was written by %d ranks, this run has %d: RNG states not restored',
+                           len(rng), self.world_size)
+        self.best = state.get('best', {})
+        self.nan_skips = state.get('nan_skips', 0)
+        self._frozen = None
+        logger.info('Resumed training state of iteration %d (epoch %d)', state['iter'], state['epoch'])
+
+
+def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}

@@ -1,0 +1,173 @@
+"""``BurstSRModel``: burst super-resolution (BSRT) on packed RAW bursts, scored in linear RGB.
+
+Validation is sharded over ranks without padding; every per-sample value is summed over ranks exactly once.
+Besides the configured metrics it always reports ``baseline_psnr``, the PSNR of bilinear upsampling of the
+reference frame, so a run shows whether the network beats the trivial answer.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from codes.data.camera_pipeline import process_linear_image_rgb
+from codes.metrics import build_metric
+from codes.metrics.burst_metric import calculate_psnr_linear
+from codes.metrics.metric_util import MetricUnavailable, bilinear_baseline
+from codes.models.base_model import BaseModel
+from codes.utils.registry import MODEL_REGISTRY
+
+__all__ = ['BurstSRModel', 'save_submission_png', 'render_srgb']
+
+logger = logging.getLogger(__name__)
+
+
+def render_srgb(linear: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
+    """(3, H, W) linear camera RGB -> (H, W, 3) uint8 sRGB for viewing, with the synthetic post-processing."""
+    img = process_linear_image_rgb(linear.detach().float().cpu(), meta)
+    return (img.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_submission_png(pred: torch.Tensor, path: str | Path) -> None:
+    """Challenge submission format: clamp to [0, 1], x 2^14, truncate to uint16, 3-channel PNG written by OpenCV
+    from the RGB array (so the file has OpenCV's on-disk channel order, as the official files do)."""
+    arr = (pred.detach().float().clamp(0, 1) * 2 ** 14).to(torch.int32).permute(1, 2, 0).cpu().numpy()
+    if not cv2.imwrite(str(path), arr.astype(np.uint16)):
+        raise OSError(f'could not write {path}')
+
+
+def _meta_item(meta: dict[str, Any], i: int) -> dict[str, Any]:
+    return {k: (v[i] if isinstance(v, (torch.Tensor, list, tuple)) else v) for k, v in meta.items()}
+
+
+@MODEL_REGISTRY.register()
+class BurstSRModel(BaseModel):
+    """Burst SR model: ``lq`` (B, N, 4, h, w) packed RGGB -> (B, 3, 8h, 8w) linear RGB, compared with ``gt``."""
+
+    def __init__(self, opt: dict) -> None:
+        super().__init__(opt)
+        self.metrics: dict[str, Callable[..., float]] = {
+            name: build_metric(m, f'val.metrics.{name}') for name, m in opt.get('val', {}).get('metrics', {}).items()}
+        self.better = {name: m.get('better', 'higher') for name, m in opt.get('val', {}).get('metrics', {}).items()}
+        self._unavailable: set[str] = set()
+
+    def feed_data(self, data: dict[str, Any]) -> None:
+        """Move a collated batch to the device."""
+        self.lq = data['lq'].to(self.device, non_blocking=True)
+        self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
+        self.meta = data.get('meta_info', {})
+        self.keys = data.get('key')
+
+    def compute_loss(self) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            out = self.net_g(self.lq)
+        l_pix = self.cri_pix(out.float(), self.gt.float())  # the loss runs in fp32, outside autocast
+        return {'l_total': l_pix, 'l_pix': l_pix}
+
+    @torch.no_grad()
+    def predict(self, lq: torch.Tensor) -> torch.Tensor:
+        """Eval-mode forward of ``eval_net`` (EMA if any) in ``val.precision`` (fp32 by default), as float32."""
+        net = self.eval_net
+        was_training = net.training
+        net.eval()
+        with self.autocast(self.eval_dtype):
+            out = net(lq.to(self.device)).float()
+        net.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------------------------------- validation
+    def validation(self, loader: DataLoader, dataset_name: str, *, image_dir: str | Path | None = None,
+                   submission_dir: str | Path | None = None, max_images: int = 0,
+                   tb_writer: Any = None, current_iter: int = 0) -> dict[str, Any]:
+        """Score every sample of ``loader`` (sharded over ranks) and return ``{'mean': {...}, 'per_image': [...]}``.
+
+        Args:
+            loader: a batch-1 loader whose sampler shards the dataset (``ShardSampler``).
+            dataset_name: used in logs and image names.
+            image_dir: write sRGB PNGs of prediction | ground truth here (the first ``max_images`` samples).
+            submission_dir: write 14-bit submission PNGs of every prediction here.
+            max_images: how many samples get an sRGB image (also sent to TensorBoard when ``tb_writer`` is given).
+        """
+        names = [n for n in self.metrics if n not in self._unavailable]
+        records: list[dict[str, Any]] = []
+        start = time.time()
+        for data in loader:
+            self.feed_data(data)
+            pred = self.predict(self.lq)
+            for i in range(pred.shape[0]):
+                key = self.keys[i] if self.keys is not None else str(len(records))
+                rec: dict[str, Any] = {'key': key}
+                if self.gt is not None:
+                    gt = self.gt[i].float()
+                    for name in list(names):
+                        try:
+                            rec[name] = float(self.metrics[name](pred[i], gt))
+                        except MetricUnavailable as exc:
+                            logger.warning('Metric %s skipped: %s', name, exc)
+                            self._unavailable.add(name)
+                            names.remove(name)
+                    base = bilinear_baseline(self.lq[i]).to(gt.device)
+                    rec['baseline_psnr'] = calculate_psnr_linear(base, gt)
+                index = self.sample_index(len(records))
+                if submission_dir is not None:
+                    save_submission_png(pred[i], Path(submission_dir) / f'{key}.png')
+                if index < max_images and (image_dir is not None or tb_writer is not None):
+                    self._save_visual(pred[i], i, key, image_dir, tb_writer, dataset_name, current_iter)
+                records.append(rec)
+        per_image = self._gather(records)
+        value_names = [n for n in names + ['baseline_psnr'] if per_image and n in per_image[0]]
+        mean = {n: float(np.mean([r[n] for r in per_image])) for n in value_names}
+        mean['num_samples'] = len(per_image)
+        mean['seconds'] = round(time.time() - start, 3)
+        return {'mean': mean, 'per_image': per_image}
+
+    def sample_index(self, local_count: int) -> int:
+        """The dataset index of this rank's ``local_count``-th sample under ``ShardSampler``."""
+        return self.rank + local_count * self.world_size
+
+    def _gather(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All ranks' records, each sample once, in dataset order."""
+        if self.world_size == 1:
+            return records
+        parts: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, records)
+        out = []
+        for j in range(max(len(p) for p in parts)):
+            out.extend(p[j] for p in parts if j < len(p))
+        return out
+
+    def _save_visual(self, pred: torch.Tensor, i: int, key: str, image_dir: str | Path | None, tb_writer: Any,
+                     dataset_name: str, current_iter: int) -> None:
+        meta = _meta_item(self.meta, i)
+        tiles = [render_srgb(pred, meta)]
+        if self.gt is not None:
+            tiles.append(render_srgb(self.gt[i], meta))
+        canvas = np.concatenate(tiles, axis=1)
+        if image_dir is not None:
+            Path(image_dir).mkdir(parents=True, exist_ok=True)
+            name = f'{key}_{current_iter}.png' if current_iter else f'{key}.png'
+            cv2.imwrite(str(Path(image_dir) / name), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        if tb_writer is not None:
+            tb_writer.add_image(f'{dataset_name}/{key}', canvas, current_iter, dataformats='HWC')
+
+    def update_best(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> list[str]:
+        """Track the best value of every metric; returns the names that improved."""
+        improved = []
+        best = self.best.setdefault(dataset_name, {})
+        for name, value in mean.items():
+            if name not in self.metrics or not math.isfinite(value):
+                continue
+            higher = self.better.get(name, 'higher') == 'higher'
+            old = best.get(name)
+            if old is None or (value > old['value'] if higher else value < old['value']):
+                best[name] = {'value': value, 'iter': current_iter}
+                improved.append(name)
+        return improved
+

@@ -1,0 +1,216 @@
+"""Training pipeline: options -> experiment folder and logging -> data -> model -> iteration loop.
+
+``python train.py -opt options/train_synthetic.yml`` (single process) and ``torchrun --nproc_per_node=N train.py
+-opt ...`` (distributed; detected from the environment) both end up in :func:`train_pipeline`.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codes.data import build_dataset
+from codes.data.loader import ShardSampler, TrainSampler, build_dataloader
+from codes.models import build_model
+from codes.utils import dist as du
+from codes.utils.checkpoint import find_resume_state, load_file
+from codes.utils.logger import append_jsonl, format_options, setup_logging
+from codes.utils.options import OptionError, dump_yaml, parse_options
+
+__all__ = ['train_pipeline', 'set_random_seed']
+
+logger = logging.getLogger('codes.train')
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _prepare_experiment(opt: dict, resuming: bool) -> None:
+    """Create the experiment folders; refuse to start afresh over a run that holds checkpoints."""
+    path = opt['path']
+    states = Path(path['training_states'])
+    if not resuming and states.is_dir() and any(states.glob('*.state')):
+        raise OptionError('name', f"experiment folder {path['experiments_root']} already holds training states. "
+                          'Continue it with --auto_resume, or choose another name; nothing was overwritten.',
+                          opt.get('opt_file'))
+    for key in ('experiments_root', 'models', 'training_states', 'visualization'):
+        Path(path[key]).mkdir(parents=True, exist_ok=True)
+
+
+def _resume_state(opt: dict, auto_resume: bool) -> tuple[dict, Path] | None:
+    explicit = opt['path'].get('resume_state')
+    if explicit:
+        state = load_file(explicit)
+        weights = Path(opt['path']['models']) / f"net_g_{state['iter']}.pth"
+        return state, weights
+    if auto_resume:
+        found = find_resume_state(opt['path']['training_states'], opt['path']['models'])
+        if found is not None:
+            return found[0], found[2]
+    return None
+
+
+def _val_loaders(opt: dict, rank: int, world: int) -> dict[str, Any]:
+    loaders = {}
+    for phase, ds_opt in opt.get('datasets', {}).items():
+        if phase.startswith('val'):
+            ds = build_dataset(ds_opt, f'datasets.{phase}')
+            loaders[ds_opt['name']] = build_dataloader(ds, ds_opt, ShardSampler(len(ds), world, rank),
+                                                       opt['manual_seed'], rank, train=False)
+            logger.info('Validation set %s: %d samples', ds_opt['name'], len(ds))
+    return loaders
+
+
+def validate(model: Any, loaders: dict, opt: dict, current_iter: int, tb: Any) -> None:
+    """Validate on every val set; rank 0 logs, writes TensorBoard scalars and a metrics.jsonl line per set."""
+    val = opt.get('val', {})
+    for name, loader in loaders.items():
+        res = model.validation(loader, name, image_dir=Path(opt['path']['visualization']) / name,
+                               max_images=val.get('max_save_img', 4) if val.get('save_img') else 0,
+                               tb_writer=tb, current_iter=current_iter)
+        mean = res['mean']
+        improved = model.update_best(name, mean, current_iter)
+        if model.rank == 0:
+            text = ', '.join(f'{k}: {v:.4f}' for k, v in mean.items() if k not in ('num_samples', 'seconds'))
+            logger.info('Validation %s @ iter %d: %s (%d samples)%s', name, current_iter, text,
+                        mean['num_samples'], f" best {', '.join(improved)}" if improved else '')
+            append_jsonl(opt['path']['metrics_log'], {'iter': current_iter, 'dataset': name, **mean})
+            if tb is not None:
+                for k, v in mean.items():
+                    tb.add_scalar(f'metrics/{name}/{k}', v, current_iter)
+        first = next(iter(model.metrics), None)
+        if first in mean:
+            model.step_plateau(mean[first])
+
+
+def _log_progress(model: Any, logs: dict[str, float], n: int, current_iter: int, total_iter: int, epoch: int,
+                  t_start: float, start_iter: int, data_time: float, batch: int, tb: Any) -> None:
+    means = du.reduce_mean(logs, n, model.device)  # one collective, at the same iterations on every rank
+    if model.rank != 0:
+        return
+    elapsed = time.time() - t_start
+    per_iter = elapsed / max(current_iter - start_iter, 1)
+    eta = int(per_iter * (total_iter - current_iter))
+    lrs = ','.join(f'{lr:.3e}' for lr in model.current_lr())
+    losses = ' '.join(f'{k}: {v:.4e}' for k, v in means.items())
+    bursts = batch * model.world_size / per_iter
+    mem = f' mem: {torch.cuda.max_memory_allocated(model.device) / 2 ** 30:.2f}G' if model.device.type == 'cuda' else ''
+    logger.info('[epoch %d iter %d/%d lr:(%s)] [eta %d:%02d:%02d, %.3fs/it, data %.3fs, %.2f bursts/s%s] %s',
+                epoch, current_iter, total_iter, lrs, eta // 3600, eta // 60 % 60, eta % 60, per_iter, data_time,
+                bursts, mem, losses)
+    if tb is not None:
+        for k, v in means.items():
+            tb.add_scalar(f'losses/{k}' if k.startswith('l_') else f'train/{k}', v, current_iter)
+        tb.add_scalar('train/lr', model.current_lr()[0], current_iter)
+        tb.add_scalar('train/bursts_per_s', bursts, current_iter)
+
+
+def train_pipeline(root_path: str | Path, argv: list[str] | None = None) -> None:
+    """Run a training from the command line ``argv`` (default ``sys.argv[1:]``)."""
+    opt, args = parse_options(root_path, is_train=True, argv=argv)
+    dist_params = opt.get('dist_params', {})
+    du.init_dist_from_env(dist_params.get('backend'), dist_params.get('timeout_minutes', 30.0))
+    rank, world = du.get_dist_info()
+    try:
+        _train(opt, args, rank, world)
+    finally:
+        du.destroy_dist()
+
+
+def _train(opt: dict, args: Any, rank: int, world: int) -> None:
+    resume = _resume_state(opt, args.auto_resume)
+    if rank == 0:
+        _prepare_experiment(opt, resume is not None)
+    du.barrier()
+    stamp = time.strftime('%Y%m%d_%H%M%S')
+    setup_logging(Path(opt['path']['experiments_root']) / f"train_{opt['name']}_{stamp}.log", rank)
+    if rank == 0:
+        logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
+        dump_yaml(opt, Path(opt['path']['experiments_root']) / 'options.yml')
+    seed = opt['manual_seed']
+    set_random_seed(seed + rank)
+    torch.backends.cudnn.benchmark = opt.get('cudnn_benchmark', True)
+
+    train_opt = opt['datasets']['train']
+    train_set = build_dataset(train_opt, 'datasets.train')
+    sampler = TrainSampler(len(train_set), world, rank, seed, train_opt.get('shuffle', True))
+    train_loader = build_dataloader(train_set, train_opt, sampler, seed, rank, train=True)
+    iters_per_epoch = len(train_loader)
+    if iters_per_epoch == 0:
+        raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
+                          opt['opt_file'])
+    total_iter = opt['train']['total_iter']
+    logger.info('Training set: %d samples, %d iterations per epoch, %d iterations in all (%d epochs), '
+                'batch %d per rank x %d ranks', len(train_set), iters_per_epoch, total_iter,
+                -(-total_iter // iters_per_epoch), train_opt['batch_size_per_gpu'], world)
+    val_loaders = _val_loaders(opt, rank, world)
+    model = build_model(opt)
+
+    current_iter = 0
+    if resume is not None:
+        model.resume_training(resume[0], resume[1])
+        current_iter = resume[0]['iter']
+    tb = None
+    if rank == 0 and opt['logger'].get('use_tb_logger'):
+        from torch.utils.tensorboard import SummaryWriter
+        tb = SummaryWriter(opt['path']['tb_logger'])
+    log_cfg, val_freq = opt['logger'], opt.get('val', {}).get('val_freq', 0)
+    use_pbar = log_cfg.get('use_pbar')
+    use_pbar = sys.stderr.isatty() if use_pbar is None else use_pbar
+    pbar = None
+    if rank == 0 and use_pbar:
+        from tqdm import tqdm
+        pbar = tqdm(total=total_iter, initial=current_iter, unit='it', dynamic_ncols=True)
+
+    start_iter, t_start = current_iter, time.time()
+    logs: dict[str, float] = {}
+    n_logs, data_time = 0, 0.0
+    last_saved = current_iter
+    try:
+        while current_iter < total_iter:
+            epoch, within = divmod(current_iter, iters_per_epoch)
+            sampler.set_epoch(epoch, within * train_opt['batch_size_per_gpu'])
+            t_data = time.time()
+            for data in train_loader:
+                data_time = time.time() - t_data
+                current_iter += 1
+                model.feed_data(data)
+                out = model.optimize_parameters(current_iter)
+                for k, v in out.items():
+                    logs[k] = logs.get(k, 0.0) + v
+                n_logs += 1
+                if pbar is not None:
+                    pbar.update(1)
+                    pbar.set_postfix(loss=f"{out['l_total']:.4e}")
+                if current_iter % log_cfg['print_freq'] == 0:
+                    _log_progress(model, logs, n_logs, current_iter, total_iter, epoch, t_start, start_iter,
+                                  data_time, train_opt['batch_size_per_gpu'], tb)
+                    logs, n_logs = {}, 0
+                if current_iter % log_cfg['save_checkpoint_freq'] == 0:
+                    model.save(current_iter, epoch)
+                    last_saved = current_iter
+                if val_freq and current_iter % val_freq == 0 and val_loaders:
+                    validate(model, val_loaders, opt, current_iter, tb)
+                if current_iter >= total_iter:
+                    break
+                t_data = time.time()
+        if last_saved != current_iter:
+            model.save(current_iter, current_iter // iters_per_epoch)
+        if val_loaders and not (val_freq and current_iter % val_freq == 0):
+            validate(model, val_loaders, opt, current_iter, tb)
+        logger.info('Training finished at iteration %d in %.1f s', current_iter, time.time() - t_start)
+    finally:
+        if pbar is not None:
+            pbar.close()
+        if tb is not None:
+            tb.close()

@@ -1,0 +1,1 @@
+"""Shared helpers: registry, options, logging, distributed, checkpoints."""

@@ -1,0 +1,165 @@
+"""One way to build anything from an option dict: copy it, pop ``type``, check the rest, call ``Cls(**rest)``.
+
+The keyword arguments are checked against the constructor's signature and type hints before the call, so an
+option file with a misspelt or mistyped key fails with a message that names the file and the key path, not with
+a ``TypeError`` from deep inside a constructor. Numeric strings such as ``1e-4`` (a string in YAML 1.1) are
+converted where the hint asks for a number.
+"""
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import inspect
+import types
+import typing
+from typing import Any, Mapping
+
+from codes.utils.registry import Registry
+
+__all__ = ['OptionError', 'build_from_registry', 'check_kwargs', 'coerce_value']
+
+
+class OptionError(ValueError):
+    """A wrong option file: the message names the file (when known) and the key path."""
+
+    def __init__(self, where: str, message: str, file: str | None = None) -> None:
+        self.where, self.detail, self.file = where, message, file
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        loc = f'{self.file}: ' if self.file else ''
+        return f"{loc}option '{self.where}': {self.detail}" if self.where else f'{loc}{self.detail}'
+
+    def with_file(self, file: str) -> 'OptionError':
+        """The same error, naming ``file``."""
+        return OptionError(self.where, self.detail, file)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
+
+
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` converted to the hinted type ``tp`` where that is lossless, else raise ``OptionError``."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce_value(value, arg, where)
+            except OptionError:
+                pass
+        raise OptionError(where, f'expected {_type_name(tp)}, got {value!r} ({type(value).__name__})')
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise OptionError(where, f'expected a list, got {value!r} ({type(value).__name__})')
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise OptionError(where, f'expected {len(args)} values, got {len(value)}')
+            return tuple(coerce_value(v, a, f'{where}[{i}]') for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [coerce_value(v, item, f'{where}[{i}]') for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, Mapping):
+            raise OptionError(where, f'expected a mapping, got {value!r}')
+        return dict(value)
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in args:
+            raise OptionError(where, f'expected one of {list(args)}, got {value!r}')
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise OptionError(where, f'expected true or false, got {value!r}')
+    if tp is float:
+        if isinstance(value, bool):
+            raise OptionError(where, f'expected a number, got {value!r}')
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise OptionError(where, f'expected a number, got {value!r} ({type(value).__name__})')
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        raise OptionError(where, f'expected an integer, got {value!r} ({type(value).__name__})')
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise OptionError(where, f'expected a string, got {value!r} ({type(value).__name__})')
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise OptionError(where, f'expected {_type_name(tp)}, got {value!r} ({type(value).__name__})')
+    return value
+
+
+def check_kwargs(fn: Any, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check ``kwargs`` against the signature of ``fn`` (a class or function): unknown keys, missing required keys,
+    wrong types. Returns the converted kwargs."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    sig = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: skip type checks, keep key checks
+        hints = {}
+    params = {k: p for k, p in sig.parameters.items() if k != 'self'}
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = {k: p for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    out = {}
+    for key, value in kwargs.items():
+        if key not in named:
+            if has_var_kw:
+                out[key] = value
+                continue
+            close = [k for k in named if k.lower() == str(key).lower()] or \
+                difflib.get_close_matches(str(key), list(named), n=2)
+            hint = f' Did you mean {", ".join(map(repr, close))}?' if close else ''
+            raise OptionError(f'{where}.{key}', f'unknown key for {fn.__name__}.{hint} '
+                              f'Accepted keys: {", ".join(named)}')
+        out[key] = coerce_value(value, hints.get(key, Any), f'{where}.{key}')
+    missing = [k for k, p in named.items() if p.default is p.empty and k not in kwargs]
+    if missing:
+        raise OptionError(where, f'{fn.__name__} needs the key(s) {", ".join(missing)}')
+    return out
+
+
+def build_from_registry(registry: Registry, opt: Mapping[str, Any], where: str = '', drop: tuple = (),
+                        **extra: Any) -> Any:
+    """Build ``registry.get(opt['type'])(**rest)``; ``opt`` is left unchanged.
+
+    Args:
+        registry: where ``type`` is looked up.
+        opt: the option dict; keys in ``drop`` are removed before the call (runner-level keys).
+        where: the option path of ``opt`` ('network_g', 'datasets.train'), used in error messages.
+        extra: keyword arguments added by the caller, not from the option file.
+    """
+    if not isinstance(opt, Mapping):
+        raise OptionError(where, f'expected a mapping with a "type" key, got {opt!r}')
+    rest = {k: v for k, v in opt.items() if k not in drop}
+    if 'type' not in rest:
+        raise OptionError(where, f'missing key "type" (one of: {", ".join(registry.keys())})')
+    name = rest.pop('type')
+    try:
+        cls = registry.get(name)
+    except KeyError as exc:
+        raise OptionError(f'{where}.type', exc.args[0]) from None
+    kwargs = check_kwargs(cls, rest, where)
+    return cls(**kwargs, **extra)

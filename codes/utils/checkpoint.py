@@ -1,0 +1,175 @@
+"""Checkpoint I/O that fails loudly: atomic writes, ``weights_only`` reads, foreign weight layouts, RNG states.
+
+Weights live in ``models/net_g_<iter>.pth`` as ``{'params': ..., 'params_ema': ...}`` (BasicSR's layout); the
+training state (optimisers, schedulers, scaler, RNG states, iteration) lives apart in
+``training_states/<iter>.state``. Every file is written to a temporary name in the same folder, fsynced and
+renamed, so a killed run never leaves a truncated file under a real name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ['atomic_save', 'load_file', 'extract_state_dict', 'load_network', 'get_rng_states', 'set_rng_states',
+           'find_resume_state', 'CheckpointError']
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not the checkpoint it should be; the message names the file."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``. Raises on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f'{path}: refused by the safe loader (weights_only=True); a checkpoint must hold '
+                              f'only tensors and plain containers. Detail: {exc}') from None
+    except Exception as exc:
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another format): '
+                              f'{type(exc).__name__}: {exc}') from None
+
+
+def extract_state_dict(ckpt: Any, param_key: str = 'params', source: str = 'checkpoint') -> dict[str, torch.Tensor]:
+    """The network state_dict inside ``ckpt``: a bare state_dict, or ``{'params'|'params_ema': ...}``; a
+    ``module.`` prefix (DataParallel/DDP) is stripped."""
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f'{source}: expected a dict of tensors, got {type(ckpt).__name__}')
+    if param_key in ckpt and isinstance(ckpt[param_key], Mapping):
+        sd = ckpt[param_key]
+    else:
+        wrapped = [k for k in ('params', 'params_ema', 'state_dict', 'model') if isinstance(ckpt.get(k), Mapping)]
+        if wrapped:
+            if param_key not in ('params', 'params_ema') or wrapped[0] != param_key:
+                logger.warning('%s has no %r entry; loading %r instead', source, param_key, wrapped[0])
+            sd = ckpt[wrapped[0]]
+        else:
+            sd = ckpt
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f'{source}: not a state_dict: entries {bad[:5]} are not tensors')
+    return {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
+
+
+def load_network(net: nn.Module, path: str | os.PathLike, strict: bool = True, param_key: str = 'params') -> None:
+    """Load weights from ``path`` into ``net`` (bare state_dict, BasicSR wrapper or ``module.`` prefix accepted).
+
+    A checkpoint made for another architecture raises ``CheckpointError`` naming the file and the differing keys.
+    """
+    sd = extract_state_dict(load_file(path), param_key, str(path))
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f'{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}'
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if shapes or (strict and (missing or unexpected)):
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} missing (e.g. {missing[:3]})')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected (e.g. {unexpected[:3]})')
+        if shapes:
+            parts.append(f'{len(shapes)} with other shapes (e.g. {shapes[:3]})')
+        raise CheckpointError(f'{path}: does not fit {type(net).__name__}: ' + '; '.join(parts) +
+                              '. Is it a checkpoint of another architecture or size (check network_g)?')
+    if missing or unexpected:
+        logger.warning('%s: loaded non-strictly; missing %s, unexpected %s', path, missing[:5], unexpected[:5])
+    net.load_state_dict(sd, strict=strict)
+    logger.info('Loaded %s [%s] into %s', path, param_key, type(net).__name__)
+
+
+# ----------------------------------------------------------------------------------------------- RNG states
+def get_rng_states() -> dict[str, Any]:
+    """Python, NumPy, torch and CUDA RNG states in a form ``weights_only`` loading accepts."""
+    py = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        'python': [py[0], list(py[1]), py[2]],
+        'numpy': {'name': name, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`get_rng_states` returned."""
+    py = states['python']
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = states['numpy']
+    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
+
+
+# ----------------------------------------------------------------------------------------------- resume
+STATE_KEYS = ('iter', 'epoch', 'optimizers', 'schedulers', 'rng')
+
+
+def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLike
+                      ) -> tuple[dict, Path, Path] | None:
+    """The newest complete training state: ``(state, state_path, weights_path)``, or None.
+
+    Files that fail to load (a truncated write, a foreign file) or whose weights file is missing or unreadable
+    are skipped with a warning, and the next older state is tried.
+    """
+    states_dir, models_dir = Path(states_dir), Path(models_dir)
+    if not states_dir.is_dir():
+        return None
+    candidates = []
+    for p in states_dir.glob('*.state'):
+        m = re.fullmatch(r'(\d+)\.state', p.name)
+        if m:
+            candidates.append((int(m.group(1)), p))
+    for it, p in sorted(candidates, reverse=True):
+        weights = models_dir / f'net_g_{it}.pth'
+        try:
+            state = load_file(p)
+            missing = [k for k in STATE_KEYS if k not in state]
+            if missing or state['iter'] != it:
+                raise CheckpointError(f'{p}: incomplete training state (missing {missing})')
+            load_file(weights)
+        except (CheckpointError, FileNotFoundError) as exc:
+            logger.warning('Skipping training state %s: %s', p, exc)
+            continue
+        return state, p, weights
+    return None

@@ -1,0 +1,7 @@
+"""Evaluate a checkpoint on the datasets of an option file: ``python test.py -opt options/test.yml``."""
+from pathlib import Path
+
+from codes.test import test_pipeline
+
+if __name__ == '__main__':
+    test_pipeline(Path(__file__).resolve().parent)

@@ -1,0 +1,18 @@
+"""Shared fixtures: the repository root on sys.path, and sample data generated once per session."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope='session')
+def sample_data(tmp_path_factory) -> Path:
+    """Zurich-layout training photos and a SyntheticBurstVal-format set made from scikit-image's photographs."""
+    from codes.scripts.make_sample_data import ensure_sample_data
+    out = tmp_path_factory.mktemp('data') / 'sample'
+    ensure_sample_data(str(out))
+    return out

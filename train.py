@@ -1,0 +1,11 @@
+"""Train a model from an option file: ``python train.py -opt options/train_synthetic.yml``.
+
+Distributed: ``torchrun --nproc_per_node=N train.py -opt ...`` (``--launcher pytorch`` and ``--local_rank`` are
+accepted for old launch scripts; the process group is taken from the environment).
+"""
+from pathlib import Path
+
+from codes.train import train_pipeline
+
+if __name__ == '__main__':
+    train_pipeline(Path(__file__).resolve().parent)
