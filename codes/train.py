@@ -115,28 +115,31 @@ def _log_progress(model: Any, logs: dict[str, float], n: int, current_iter: int,
         tb.add_scalar('train/bursts_per_s', bursts, current_iter)
 
 
-def train_pipeline(root_path: str | Path, argv: list[str] | None = None) -> None:
-    """Run a training from the command line ``argv`` (default ``sys.argv[1:]``)."""
+def train_pipeline(root_path: str | Path, argv: list[str] | None = None) -> Any:
+    """Run a training from the command line ``argv`` (default ``sys.argv[1:]``); returns the trained model."""
     opt, args = parse_options(root_path, is_train=True, argv=argv)
     dist_params = opt.get('dist_params', {})
     du.init_dist_from_env(dist_params.get('backend'), dist_params.get('timeout_minutes', 30.0))
     rank, world = du.get_dist_info()
     try:
-        _train(opt, args, rank, world)
+        return _train(opt, args, rank, world)
     finally:
         du.destroy_dist()
 
 
-def _train(opt: dict, args: Any, rank: int, world: int) -> None:
+def _train(opt: dict, args: Any, rank: int, world: int) -> Any:
+    exp_root = Path(opt['path']['experiments_root'])
+    if rank == 0:
+        exp_root.mkdir(parents=True, exist_ok=True)
+    du.barrier()
+    setup_logging(exp_root / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log", rank)
     resume = _resume_state(opt, args.auto_resume)
     if rank == 0:
         _prepare_experiment(opt, resume is not None)
     du.barrier()
-    stamp = time.strftime('%Y%m%d_%H%M%S')
-    setup_logging(Path(opt['path']['experiments_root']) / f"train_{opt['name']}_{stamp}.log", rank)
     if rank == 0:
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
-        dump_yaml(opt, Path(opt['path']['experiments_root']) / 'options.yml')
+        dump_yaml(opt, exp_root / 'options.yml')
     seed = opt['manual_seed']
     set_random_seed(seed + rank)
     torch.backends.cudnn.benchmark = opt.get('cudnn_benchmark', True)
@@ -209,6 +212,7 @@ def _train(opt: dict, args: Any, rank: int, world: int) -> None:
         if val_loaders and not (val_freq and current_iter % val_freq == 0):
             validate(model, val_loaders, opt, current_iter, tb)
         logger.info('Training finished at iteration %d in %.1f s', current_iter, time.time() - t_start)
+        return model
     finally:
         if pbar is not None:
             pbar.close()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from codes.data.camera_pipeline import process_linear_image_rgb
+from codes.data.camera_pipeline import to_uint8_srgb
 from codes.metrics import build_metric
 from codes.metrics.burst_metric import calculate_psnr_linear
 from codes.metrics.metric_util import MetricUnavailable, bilinear_baseline
@@ -30,9 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 def render_srgb(linear: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
-    """(3, H, W) linear camera RGB -> (H, W, 3) uint8 sRGB for viewing, with the synthetic post-processing."""
-    img = process_linear_image_rgb(linear.detach().float().cpu(), meta)
-    return (img.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    """(3, H, W) linear camera RGB -> (H, W, 3) uint8 RGB for viewing, with the synthetic post-processing."""
+    return to_uint8_srgb(linear.detach().float().cpu(), meta, bgr=False)
 
 
 def save_submission_png(pred: torch.Tensor, path: str | Path) -> None:

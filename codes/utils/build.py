@@ -36,7 +36,9 @@ class OptionError(ValueError):
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
+    if typing.get_origin(tp) is not None or isinstance(tp, types.UnionType):
+        return str(tp).replace('typing.', '')
+    return getattr(tp, '__name__', str(tp))
 
 
 def coerce_value(value: Any, tp: Any, where: str) -> Any:
@@ -48,13 +50,14 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce_value(value, arg, where)
-            except OptionError:
-                pass
+            except OptionError as exc:
+                errors.append(exc)
+        if len(errors) == 1:  # Optional[X]: X's own message is the most precise
+            raise errors[0]
         raise OptionError(where, f'expected {_type_name(tp)}, got {value!r} ({type(value).__name__})')
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):

@@ -1,0 +1,123 @@
+"""A restricted unpickler for the foreign pickles that datasets ship (``meta_info.pkl``).
+
+``pickle.load`` on a downloaded file runs whatever callables the file names. ``safe_load_pickle`` admits only the
+globals such files need: plain containers and numbers, ``collections.OrderedDict``, NumPy arrays, dtypes and
+scalars, and torch tensors written by ``pickle.dump(tensor)``. Those reach ``torch.storage._load_from_bytes``, which
+would call a full ``torch.load``; it is replaced by a version that loads with ``weights_only=True``. Anything else
+raises ``pickle.UnpicklingError`` naming the file and the refused global. Datasets whose pickles carry other
+objects (BurstSR's exifread tags) pass stand-ins through ``extra_allowed``.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+from typing import Any, Mapping
+
+__all__ = ['safe_load_pickle', 'SafeUnpickler', 'DEFAULT_ALLOWED']
+
+
+def _load_storage_from_bytes(data: bytes) -> Any:
+    """Safe stand-in for ``torch.storage._load_from_bytes``: the payload is a ``torch.save`` stream."""
+    import torch
+    return torch.load(io.BytesIO(data), weights_only=True, map_location='cpu')
+
+
+def _default_allowed() -> dict[str, Any]:
+    import builtins
+    allowed: dict[str, Any] = {
+        f'builtins.{name}': getattr(builtins, name)
+        for name in ('dict', 'list', 'tuple', 'set', 'frozenset', 'float', 'int', 'bool', 'complex', 'str',
+                     'bytes', 'bytearray', 'slice', 'range')
+    }
+    allowed['collections.OrderedDict'] = collections.OrderedDict
+    import codecs
+    allowed['_codecs.encode'] = codecs.encode  # bytes in protocol-2 pickles
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy ships with torch
+        np = None
+    if np is not None:
+        allowed['numpy.ndarray'] = np.ndarray
+        allowed['numpy.dtype'] = np.dtype
+        for mod in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+            allowed[f'{mod}._reconstruct'] = np.ndarray.__reduce__(np.zeros(0))[0]
+            allowed[f'{mod}.scalar'] = np.float64(0).__reduce__()[0]
+        frombuffer = _numpy_frombuffer()
+        if frombuffer is not None:
+            for mod in ('numpy.core.numeric', 'numpy._core.numeric'):
+                allowed[f'{mod}._frombuffer'] = frombuffer
+        # dtype classes pickled by NumPy >= 1.25 (``numpy.dtypes.Float32DType``)
+        dtypes = getattr(np, 'dtypes', None)
+        if dtypes is not None:
+            for name in dir(dtypes):
+                if name.endswith('DType'):
+                    allowed[f'numpy.dtypes.{name}'] = getattr(dtypes, name)
+    try:
+        import torch
+        import torch._utils
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the project
+        return allowed
+    allowed['torch._utils._rebuild_tensor_v2'] = torch._utils._rebuild_tensor_v2
+    allowed['torch._utils._rebuild_tensor'] = torch._utils._rebuild_tensor
+    allowed['torch.storage._load_from_bytes'] = _load_storage_from_bytes
+    return allowed
+
+
+def _numpy_frombuffer() -> Any:
+    import numpy as np
+    for mod in ('numpy._core.numeric', 'numpy.core.numeric'):
+        try:
+            module = __import__(mod, fromlist=['_frombuffer'])
+        except ImportError:
+            continue
+        fn = getattr(module, '_frombuffer', None)
+        if fn is not None:
+            return fn
+    return getattr(np, '_frombuffer', None)
+
+
+DEFAULT_ALLOWED: dict[str, Any] = _default_allowed()
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` whose ``find_class`` admits only ``allowed`` (``'module.name' -> object``)."""
+
+    def __init__(self, file: Any, allowed: Mapping[str, Any], source: str = '<stream>') -> None:
+        super().__init__(file)
+        self.allowed = allowed
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = f'{module}.{name}'
+        if key in self.allowed:
+            return self.allowed[key]
+        raise pickle.UnpicklingError(
+            f'{self.source}: refusing to unpickle the global {key!r}; this reader admits only plain data, NumPy '
+            f'arrays and torch tensors (pass extra_allowed to admit more)')
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError(f'{self.source}: persistent ids are not supported ({pid!r})')
+
+
+def safe_load_pickle(path: str | os.PathLike, extra_allowed: Mapping[str, Any] | None = None) -> Any:
+    """Unpickle ``path`` admitting only the globals of ``DEFAULT_ALLOWED`` plus ``extra_allowed``.
+
+    Args:
+        path: the pickle file.
+        extra_allowed: more admitted globals, keyed by ``'module.name'`` (as the pickle names them) and mapped to
+            the object to use, which may be a stand-in (``{'exifread.classes.IfdTag': MyIfdTag}``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        pickle.UnpicklingError: the file names a global that is not admitted (message names file and global).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'pickle file not found: {path}')
+    allowed = dict(DEFAULT_ALLOWED)
+    if extra_allowed:
+        allowed.update(extra_allowed)
+    with open(path, 'rb') as f:
+        return SafeUnpickler(f, allowed, source=path).load()

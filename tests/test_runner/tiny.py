@@ -1,0 +1,34 @@
+"""A tiny BSRT training configuration for CPU tests (burst 2, 16 features, one Swin block per stage)."""
+from pathlib import Path
+
+import yaml
+
+TINY_NET = {'type': 'BSRT', 'embed_dim': 12, 'depths': [1, 1], 'num_heads': 2, 'burst_size': 2, 'num_feat': 16,
+            'drop_path_rate': 0.0}
+
+
+def tiny_options(tmp_path: Path, sample: Path, name: str = 'tiny', total_iter: int = 4, adam_eps: float = 1e-8,
+                 **train) -> dict:
+    """Options for a tiny run on the sample data, writing under ``tmp_path``."""
+    return {
+        'name': name, 'model_type': 'BurstSRModel', 'num_gpu': 0, 'manual_seed': 3,
+        'datasets': {
+            'train': {'type': 'SyntheticBurstDataset', 'dataroot': str(sample / 'zurich'), 'burst_size': 2,
+                      'crop_size': 256, 'seed': 5, 'batch_size_per_gpu': 2, 'num_worker_per_gpu': 0},
+            'val': {'type': 'SyntheticBurstValDataset', 'dataroot': str(sample / 'SyntheticBurstVal'),
+                    'burst_size': 2},
+        },
+        'network_g': dict(TINY_NET),
+        'path': {'experiments_root': str(tmp_path / 'experiments' / name)},
+        'train': {'total_iter': total_iter, 'optim_g': {'type': 'Adam', 'lr': 2e-3, 'eps': adam_eps},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5}, **train},
+        'val': {'val_freq': 1000, 'save_img': True, 'max_save_img': 1,
+                'metrics': {'psnr': {'type': 'calculate_psnr_linear', 'crop_border': 40},
+                            'ssim': {'type': 'calculate_ssim_linear', 'crop_border': 40}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 1000, 'use_tb_logger': True, 'use_pbar': False},
+    }
+
+
+def write_options(path: Path, opt: dict) -> Path:
+    path.write_text(yaml.safe_dump(opt))
+    return path
