@@ -22,7 +22,5 @@ def build_metric(opt: Mapping[str, Any], where: str = 'val.metrics') -> Callable
     except KeyError as exc:
         raise OptionError(f'{where}.type', exc.args[0]) from None
     kwargs = {k: v for k, v in opt.items() if k not in RUNNER_KEYS}
-    # pred and gt (and any per-sample inputs) are passed at call time; check only the option keys
-    checked = check_kwargs(fn, {**{'pred': None, 'gt': None}, **kwargs}, where)
-    checked.pop('pred'), checked.pop('gt')
+    checked = check_kwargs(fn, kwargs, where, supplied=('pred', 'gt'))  # pred and gt come at call time
     return functools.partial(fn, **checked)

@@ -20,9 +20,8 @@ def _build(table: dict, first: str, first_value: Any, opt: Mapping[str, Any], wh
     if 'type' not in opt or opt['type'] not in table:
         raise OptionError(f'{where}.type', f"unknown type {opt.get('type')!r}; one of: {', '.join(table)}")
     cls = table[opt['type']]
-    kwargs = check_kwargs(cls, {first: None, **{k: v for k, v in opt.items() if k != 'type'}}, where)
-    kwargs[first] = first_value
-    return cls(**kwargs)
+    kwargs = check_kwargs(cls, {k: v for k, v in opt.items() if k != 'type'}, where, supplied=(first,))
+    return cls(first_value, **kwargs)
 
 
 def build_optimizer(params: Iterable, opt: Mapping[str, Any], where: str = 'train.optim_g') -> Optimizer:

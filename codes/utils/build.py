@@ -114,9 +114,10 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def check_kwargs(fn: Any, kwargs: Mapping[str, Any], where: str) -> dict[str, Any]:
+def check_kwargs(fn: Any, kwargs: Mapping[str, Any], where: str, supplied: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check ``kwargs`` against the signature of ``fn`` (a class or function): unknown keys, missing required keys,
-    wrong types. Returns the converted kwargs."""
+    wrong types. ``supplied`` names the arguments the caller passes itself (not option keys). Returns the
+    converted kwargs."""
     target = fn.__init__ if inspect.isclass(fn) else fn
     sig = inspect.signature(target)
     try:
@@ -138,7 +139,10 @@ def check_kwargs(fn: Any, kwargs: Mapping[str, Any], where: str) -> dict[str, An
             raise OptionError(f'{where}.{key}', f'unknown key for {fn.__name__}.{hint} '
                               f'Accepted keys: {", ".join(named)}')
         out[key] = coerce_value(value, hints.get(key, Any), f'{where}.{key}')
-    missing = [k for k, p in named.items() if p.default is p.empty and k not in kwargs]
+    for key in supplied:
+        if key in kwargs:
+            raise OptionError(f'{where}.{key}', 'is set by the runner, not by the option file')
+    missing = [k for k, p in named.items() if p.default is p.empty and k not in kwargs and k not in supplied]
     if missing:
         raise OptionError(where, f'{fn.__name__} needs the key(s) {", ".join(missing)}')
     return out

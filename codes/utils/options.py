@@ -137,7 +137,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-#: The keyword each builder supplies itself (not from the option file).
+#: The argument each builder supplies itself (not from the option file).
 _SUPPLIED = {TYPED_OPTIM: ('params',), TYPED_SCHED: ('optimizer',)}
 
 
@@ -148,35 +148,30 @@ def _check_typed(kind: str, block: Any, where: str) -> dict:
         raise OptionError(where, 'missing key "type"')
     rest = {k: v for k, v in block.items() if k != 'type'}
     name = block['type']
-    if kind == TYPED_ARCH:
-        from codes.archs import ARCH_REGISTRY as reg
-    elif kind == TYPED_LOSS:
-        from codes.losses import LOSS_REGISTRY as reg
-    elif kind == TYPED_METRIC:
-        from codes.metrics import METRIC_REGISTRY as reg
-        rest = {k: v for k, v in rest.items() if k != 'better'}
-        rest.update(pred=None, gt=None)
-    else:
+    if kind in (TYPED_OPTIM, TYPED_SCHED):
         from codes.models.optim import OPTIMIZERS, SCHEDULERS
         table = OPTIMIZERS if kind == TYPED_OPTIM else SCHEDULERS
         if name not in table:
             raise OptionError(f'{where}.type', f"unknown type '{name}'; one of: {', '.join(table)}")
-        rest.update({k: None for k in _SUPPLIED[kind]})
-        checked = check_kwargs(table[name], rest, where)
-        return {'type': name, **{k: v for k, v in checked.items() if k not in _SUPPLIED[kind]}}
+        return {'type': name, **check_kwargs(table[name], rest, where, supplied=_SUPPLIED[kind])}
+    if kind == TYPED_ARCH:
+        from codes.archs import ARCH_REGISTRY as reg
+    elif kind == TYPED_LOSS:
+        from codes.losses import LOSS_REGISTRY as reg
+    else:
+        from codes.metrics import METRIC_REGISTRY as reg
+        rest.pop('better', None)
     try:
         cls = reg.get(name)
     except KeyError as exc:
         raise OptionError(f'{where}.type', exc.args[0]) from None
     except ImportError as exc:
         raise OptionError(f'{where}.type', str(exc)) from None
-    checked = check_kwargs(cls, rest, where)
-    if kind == TYPED_METRIC:
-        checked.pop('pred'), checked.pop('gt')
-        if 'better' in block:
-            checked['better'] = coerce_value(block['better'], str, f'{where}.better')
-            if checked['better'] not in ('higher', 'lower'):
-                raise OptionError(f'{where}.better', f"must be 'higher' or 'lower', got {block['better']!r}")
+    checked = check_kwargs(cls, rest, where, supplied=('pred', 'gt') if kind == TYPED_METRIC else ())
+    if kind == TYPED_METRIC and 'better' in block:
+        checked['better'] = coerce_value(block['better'], str, f'{where}.better')
+        if checked['better'] not in ('higher', 'lower'):
+            raise OptionError(f'{where}.better', f"must be 'higher' or 'lower', got {block['better']!r}")
     return {'type': name, **checked}
 
 
