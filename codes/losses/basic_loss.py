@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from codes.utils.registry import LOSS_REGISTRY
@@ -28,7 +27,7 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 
 
 class _PixelLoss(nn.Module):
-    """Shared argument checks and the float32 cast."""
+    """Shared argument checks, the float32 cast and the weighting; subclasses give the element-wise loss."""
 
     def __init__(self, loss_weight: float = 1.0, reduction: str = 'mean') -> None:
         super().__init__()
@@ -37,11 +36,15 @@ class _PixelLoss(nn.Module):
         self.loss_weight = float(loss_weight)
         self.reduction = reduction
 
-    @staticmethod
-    def _float32(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The unreduced loss of float32 ``pred`` and ``target``."""
+        raise NotImplementedError
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        """pred, target: same-shaped tensors (e.g. (B, 3, H, W) linear RGB); the result is float32."""
         if pred.shape != target.shape:
             raise ValueError(f'pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}')
-        return pred.float(), target.float()
+        return self.loss_weight * _reduce(self.elementwise(pred.float(), target.float()), self.reduction)
 
     def extra_repr(self) -> str:
         return f'loss_weight={self.loss_weight}, reduction={self.reduction!r}'
@@ -49,38 +52,28 @@ class _PixelLoss(nn.Module):
 
 @LOSS_REGISTRY.register()
 class L1Loss(_PixelLoss):
-    """Mean (or summed) absolute error, ``F.l1_loss``; BSRT's default training loss.
+    """Mean (or summed) absolute error; BSRT's default training loss.
 
     Args:
         loss_weight: factor applied to the reduced loss.
         reduction: 'mean', 'sum' or 'none' (element-wise).
     """
 
-    def __init__(self, loss_weight: float = 1.0, reduction: str = 'mean') -> None:
-        super().__init__(loss_weight, reduction)
-
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        """pred, target: same-shaped tensors (e.g. (B, 3, H, W) linear RGB); the result is float32."""
-        pred, target = self._float32(pred, target)
-        return self.loss_weight * F.l1_loss(pred, target, reduction=self.reduction)
+    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
+        return (pred - target).abs()
 
 
 @LOSS_REGISTRY.register()
 class MSELoss(_PixelLoss):
-    """Mean (or summed) squared error, ``F.mse_loss`` (BSRT's ``MSE``).
+    """Mean (or summed) squared error (BSRT's ``MSE``).
 
     Args:
         loss_weight: factor applied to the reduced loss.
         reduction: 'mean', 'sum' or 'none' (element-wise).
     """
 
-    def __init__(self, loss_weight: float = 1.0, reduction: str = 'mean') -> None:
-        super().__init__(loss_weight, reduction)
-
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        """pred, target: same-shaped tensors; the result is float32."""
-        pred, target = self._float32(pred, target)
-        return self.loss_weight * F.mse_loss(pred, target, reduction=self.reduction)
+    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
+        return (pred - target).square()
 
 
 @LOSS_REGISTRY.register()
@@ -104,12 +97,9 @@ class CharbonnierLoss(_PixelLoss):
             raise ValueError(f'eps must be positive, got {eps!r}')
         self.eps = float(eps)
 
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        """pred, target: same-shaped tensors; the result is float32."""
-        pred, target = self._float32(pred, target)
+    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
         diff = pred - target
-        loss = torch.sqrt(diff * diff + self.eps * self.eps)
-        return self.loss_weight * _reduce(loss, self.reduction)
+        return torch.sqrt(diff * diff + self.eps * self.eps)
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, eps={self.eps}'
