@@ -124,6 +124,22 @@ def test_aligned_l1_trains_through_the_alignment(scene):
     assert two.item() == pytest.approx(aligned_loss.item(), rel=1e-4)
 
 
+def test_descending_aligned_l1_restores_a_noisy_misaligned_prediction(scene):
+    pred, gt, burst = scene
+    torch.manual_seed(0)
+    x = (pred + 0.05 * torch.randn_like(pred))[None].requires_grad_(True)
+    loss_fn = AlignedL1Loss(boundary_ignore=40, flow_estimator='dis')
+    opt = torch.optim.Adam([x], lr=0.01)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = loss_fn(x, gt[None], burst)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
 def test_aligned_psnr_is_the_masked_mse_by_hand():
     pred = torch.zeros(3, 100, 100)
     gt = torch.zeros(3, 100, 100)
