@@ -37,9 +37,8 @@ logger = logging.getLogger(__name__)
 
 FLOW_ESTIMATORS = ('auto', 'pwcnet', 'dis')
 DIS_PRESETS = ('ultrafast', 'fast', 'medium')
-NOT_COMPARABLE = ('no PWC-Net weights were given (pwcnet_path), so the alignment uses OpenCV DIS optical flow: '
-                  'AlignedL1/AlignedPSNR/SSIM/LPIPS values are NOT comparable with published BurstSR numbers, which '
-                  'use PWC-Net (pwcnet-network-default.pth)')
+NOT_COMPARABLE = ('AlignedL1/AlignedPSNR/SSIM/LPIPS values are NOT comparable with published BurstSR numbers, '
+                  'which use PWC-Net (pwcnet-network-default.pth)')
 
 
 # ---------------------------------------------------------------------------------------------------- functions
@@ -172,9 +171,11 @@ def build_flow_estimator(flow_estimator: str = 'auto', pwcnet_path: str | None =
                                     'pwcnet-network-default.pth yourself; see README.md, BurstSR real-world track)')
         return PWCNetFlow(pwcnet_path)
     if flow_estimator == 'auto':
-        logger.warning(NOT_COMPARABLE)
+        logger.warning('%s: no PWC-Net weights given (pwcnet_path), so the alignment uses OpenCV DIS optical flow: '
+                       '%s', where, NOT_COMPARABLE)
     else:
-        logger.warning('flow_estimator is dis: ' + NOT_COMPARABLE.split(', ', 1)[1])
+        logger.warning("%s: flow_estimator 'dis': the alignment uses OpenCV DIS optical flow: %s", where,
+                       NOT_COMPARABLE)
     return DISFlow(dis_preset)
 
 
