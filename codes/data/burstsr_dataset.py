@@ -324,7 +324,8 @@ class BurstSRDataset(Dataset):
             'black_level': _as_float_tensor(_black_level(m0, 4, source), source, 'black_level'),
             'exposure': samsung[0], 'f_number': samsung[1], 'iso': samsung[2],
             'norm_factor': SAMSUNG_NORM, 'black_level_subtracted': True, 'while_balance_applied': False,
-            'gt_norm_factor': CANON_NORM / scale, 'gt_black_level': _as_float_tensor(canon_level, source, 'black_level'),
+            'gt_norm_factor': CANON_NORM / scale,
+            'gt_black_level': _as_float_tensor(canon_level, source, 'black_level'),
             'exposure_scale': scale,
         }
         for key in ('cam_wb', 'daylight_wb', 'color_matrix'):

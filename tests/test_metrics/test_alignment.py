@@ -11,8 +11,14 @@ from skimage import data
 
 from codes.losses.aligned_loss import AlignedL1Loss
 from codes.metrics.aligned_metric import calculate_aligned_psnr
-from codes.metrics.alignment import (DISFlow, SpatialColorAlignment, build_flow_estimator, gaussian_kernel,
-                                     match_colors, warp)
+from codes.metrics.alignment import (
+    DISFlow,
+    SpatialColorAlignment,
+    build_flow_estimator,
+    gaussian_kernel,
+    match_colors,
+    warp,
+)
 from codes.metrics.burst_metric import calculate_psnr_linear
 
 SHIFT = (0.6, -1.3)  # the prediction is the scene moved by this many pixels (x, y)
