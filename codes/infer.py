@@ -67,6 +67,7 @@ INFER_SCHEMA: dict[str, Any] = {
     'input_kind': INPUT_KINDS,
     'linear_format': ('png', 'tiff'),
     'save_linear': bool,
+    'kernel': str | None,
 }
 
 DEFAULTS = {'name': 'infer', 'param_key': 'auto', 'device': 'auto', 'precision': 'fp32', 'tile': None,
@@ -101,6 +102,8 @@ def build_infer_arg_parser() -> argparse.ArgumentParser:
                    help='file format of the 16-bit linear output (default png)')
     p.add_argument('--no-linear', dest='save_linear', action='store_false', default=None,
                    help='do not write the 16-bit linear output')
+    p.add_argument('--kernel', help='DCLS: a known LR-space blur kernel (.npy, kernel_size x kernel_size) to use '
+                   'instead of the estimated one')
     p.add_argument('--force_yml', '--set', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override option-file keys (values parsed as YAML)')
     return p
@@ -113,7 +116,7 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
     raw: dict = load_yaml(file) if file else {}
     raw = apply_overrides(raw, args.force_yml, file)
     for key in ('weights', 'input', 'output', 'device', 'tile', 'tile_overlap', 'precision', 'param_key',
-                'input_kind', 'linear_format', 'save_linear'):
+                'input_kind', 'linear_format', 'save_linear', 'kernel'):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -197,7 +200,8 @@ def load_inference_network(weights: str | Path, opt: dict, device: torch.device)
 
 # ------------------------------------------------------------------------------------------------- outputs
 def save_linear(image: torch.Tensor, path: Path) -> None:
-    """(3, H, W) linear RGB -> 16-bit PNG or TIFF (by suffix): clamp to [0, 1], × 65535, rounded, RGB on disk."""
+    """(3, H, W) image in [0, 1] (linear RGB for BSRT) -> 16-bit PNG or TIFF (by suffix): clamp to [0, 1], × 65535,
+    rounded, channels in RGB order on disk."""
     array = (image.detach().float().cpu().clamp(0, 1) * 65535).round().to(torch.int32).permute(1, 2, 0).numpy()
     array = np.ascontiguousarray(array.astype(np.uint16)[..., ::-1])  # OpenCV writes BGR order as RGB on disk
     if not cv2.imwrite(str(path), array):
@@ -262,7 +266,109 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
     return records
 
 
-RUNNERS: dict[str, Callable[[nn.Module, dict, torch.device, Path], list[dict]]] = {'BSRT': run_bursts}
+def _load_kernel(path: str, kernel_size: int) -> torch.Tensor:
+    """A user-given LR-space kernel (ks, ks) from a ``.npy`` file -> (1, 1, ks, ks) normalised to sum 1."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OptionError('kernel', f'cannot read {path} as a .npy array: {exc}') from None
+    if array.shape != (kernel_size, kernel_size) or not np.isfinite(array).all() or abs(array.sum()) < 1e-8:
+        raise OptionError('kernel', f'{path}: expected a finite ({kernel_size}, {kernel_size}) kernel with a '
+                          f'non-zero sum (the network\'s kernel_size), got shape {array.shape}')
+    k = torch.from_numpy(array.astype(np.float32))
+    return (k / k.sum())[None, None]
+
+
+def estimate_kernel(net: nn.Module, lr: torch.Tensor, tile: int | None, overlap: int, call_device: torch.device,
+                    precision: str, progress: Any = None) -> torch.Tensor:
+    """DCLS's Estimator on ``lr`` (1, 3, h, w): on the whole image, or, when it is larger than ``tile``, the mean
+    of the per-tile estimates (DCLS models one blur for the whole image). Returns (1, 1, ks, ks) on the CPU."""
+    from codes.archs.dcls_arch import MIN_LR_SIZE
+    from codes.utils.tiling import pad_to_multiple, tile_starts
+    padded, _ = pad_to_multiple(lr, 1, MIN_LR_SIZE)
+    ph, pw = padded.shape[-2:]
+    if not tile or (ph <= tile and pw <= tile):
+        boxes = [(0, 0, ph, pw)]
+    else:
+        th, tw = min(tile, ph), min(tile, pw)
+        boxes = [(r, c, th, tw) for r in tile_starts(ph, tile, overlap) for c in tile_starts(pw, tile, overlap)]
+    if progress is not None:
+        progress.reset(total=len(boxes))
+    total = None
+    for r, c, th, tw in boxes:
+        with torch.no_grad(), _autocast(call_device, precision):
+            k = net.Estimator(padded[..., r:r + th, c:c + tw].to(call_device)).float().cpu()
+        total = k if total is None else total + k
+        if progress is not None:
+            progress.update(1)
+    kernel = total / len(boxes)
+    return kernel / kernel.sum()
+
+
+def save_kernel(kernel: torch.Tensor, stem: Path) -> tuple[Path, Path]:
+    """(1, 1, ks, ks) -> ``<stem>_kernel.npy`` (exact values) and ``<stem>_kernel.png`` (÷ max, ×8 nearest)."""
+    k = kernel[0, 0].double().numpy()
+    npy, png = stem.with_name(f'{stem.name}_kernel.npy'), stem.with_name(f'{stem.name}_kernel.png')
+    np.save(npy, k)
+    view = np.clip(k / max(k.max(), 1e-12), 0, 1)
+    view = np.kron((view * 255).round().astype(np.uint8), np.ones((8, 8), dtype=np.uint8))
+    if not cv2.imwrite(str(png), view):
+        raise OSError(f'could not write {png}')
+    return npy, png
+
+
+def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -> list[dict]:
+    """DCLS on every image under ``opt['input']``: kernel estimated (or given), then the Restorer, tiled."""
+    from codes.archs.dcls_arch import MIN_LR_SIZE
+    from codes.data.burst_inputs import find_images, read_rgb_image
+    if opt['input_kind'] not in ('auto', 'image'):
+        raise OptionError('input_kind', f"DCLS takes images; got input_kind {opt['input_kind']!r}")
+    files = find_images(opt['input'])
+    given = _load_kernel(opt['kernel'], net.kernel_size) if opt.get('kernel') else None
+    tile = opt['tile']
+    if tile and tile < 2 * net.kernel_size:
+        logger.info('tile %d raised to %d (twice the kernel size) so the CLS deconvolution sees enough context',
+                    tile, 2 * net.kernel_size)
+        tile = 2 * net.kernel_size
+    suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
+    records = []
+
+    with logging_redirect_tqdm([logging.getLogger('codes')]), \
+            tqdm(files, desc='images', unit='image', disable=None) as files_bar, \
+            tqdm(desc='tiles', unit='tile', leave=False, disable=None) as tiles_bar:
+        for path in files_bar:
+            lr = read_rgb_image(path)[None]  # (1, 3, h, w)
+            start = time.time()
+            kernel = given if given is not None else estimate_kernel(net, lr, tile, opt['tile_overlap'], device,
+                                                                     opt['precision'], tiles_bar)
+            k_dev = kernel.to(device)
+
+            def restore(x: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad(), _autocast(device, opt['precision']):
+                    return net.Restorer(x.to(device), k_dev).float()
+
+            sr = tiled_forward(restore, lr, net.scale, tile, opt['tile_overlap'], multiple=1, min_size=MIN_LR_SIZE,
+                               progress=tiles_bar)[0].clamp(0, 1)
+            stem = out_dir / path.stem
+            srgb = (sr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            save_srgb(srgb, stem.with_name(f'{path.stem}_sr.png'))
+            record = {'input': str(path), 'kind': 'image', 'input_size': list(lr.shape[-2:]),
+                      'output_size': list(sr.shape[-2:]), 'seconds': round(time.time() - start, 3),
+                      'srgb': str(stem.with_name(f'{path.stem}_sr.png')),
+                      'kernel': 'given' if given is not None else 'estimated'}
+            if opt['save_linear']:
+                p16 = stem.with_name(f'{path.stem}_sr16{suffix}')
+                save_linear(sr, p16)
+                record['sr16'] = str(p16)
+            npy, png = save_kernel(kernel, stem)
+            record.update(kernel_npy=str(npy), kernel_png=str(png))
+            logger.info('%s (%dx%d) -> %s', path, *lr.shape[-2:], record['srgb'])
+            records.append(record)
+    return records
+
+
+RUNNERS: dict[str, Callable[[nn.Module, dict, torch.device, Path], list[dict]]] = {
+    'BSRT': run_bursts, 'DCLS': run_images}
 
 
 def infer_pipeline(argv: list[str] | None = None) -> list[dict]:

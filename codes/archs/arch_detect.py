@@ -56,11 +56,35 @@ def _bsrt_options(sd: Mapping[str, torch.Tensor]) -> dict:
     return opts
 
 
+def _dcls_options(sd: Mapping[str, torch.Tensor]) -> dict:
+    """DCLS hyper-parameters from the shapes (``dcls.md`` §1-3, §7)."""
+    from codes.archs.dcls_arch import Estimator, FILTER_STRUCTURES
+    nf, in_nc = (int(v) for v in sd['Restorer.conv_first.weight'].shape[:2])
+    nf2 = int(sd['Restorer.head1.weight'].shape[0])
+    ng = _count(sd, r'Restorer\.body\.(\d+)\.')
+    nb = _count(sd, r'Restorer\.body\.0\.body\.(\d+)\.')
+    n_dec = _count(sd, r'Estimator\.dec\.(\d+)\.')
+    chans_in = [in_nc] + [Estimator.G_CHAN] * (n_dec - 1)
+    chans_out = [Estimator.G_CHAN] * (n_dec - 1) + [in_nc]
+    sizes = tuple(int(round(math.sqrt(sd[f'Estimator.dec.{i}.weight'].shape[0] / (ci * co))))
+                  for i, (ci, co) in enumerate(zip(chans_in, chans_out)))
+    kernel_size = next((k for k, v in FILTER_STRUCTURES.items() if tuple(v) == sizes), None)
+    if kernel_size is None:
+        raise KeyError(f'Estimator.dec filter sizes {sizes} match no kernel size of {dict(FILTER_STRUCTURES)}')
+    if 'Restorer.upscale.4.weight' in sd:
+        scale = 4
+    else:
+        out0 = int(sd['Restorer.upscale.0.weight'].shape[0])
+        scale = 1 if out0 == in_nc and 'Restorer.upscale.2.weight' not in sd else int(round(math.sqrt(out0 / nf)))
+    return {'type': 'DCLS', 'scale': scale, 'kernel_size': kernel_size, 'nf': nf, 'nb': nb, 'ng': ng,
+            'in_nc': in_nc, 'reduction': nf // nf2, 'input_para': int(sd['Estimator.tail.4.weight'].shape[0])}
+
+
 #: family -> (recogniser, options reader or None when the family has no reader yet).
 FAMILIES: dict[str, tuple[Callable[[Mapping[str, torch.Tensor]], bool],
                           Callable[[Mapping[str, torch.Tensor]], dict] | None]] = {
     'BSRT': (_is_bsrt, _bsrt_options),
-    'DCLS': (_is_dcls, None),
+    'DCLS': (_is_dcls, _dcls_options),
 }
 
 

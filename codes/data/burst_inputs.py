@@ -241,9 +241,11 @@ def read_raw_burst(files: str | os.PathLike | Sequence[str | os.PathLike]) -> Bu
 
 # ------------------------------------------------------------------------------------------------- BurstSR
 def read_burstsr_burst(folder: str | os.PathLike) -> Burst:
-    """A BurstSR burst folder (``samsung_XX/im_raw.png`` + ``meta_info.pkl``): black level subtracted, ÷ 1023;
-    rendered as BurstSR's post-processing (camera WB, ÷ max, gamma, smoothstep, no colour matrix)."""
-    from codes.data.burstsr_dataset import read_samsung_frame
+    """A BurstSR burst folder (``samsung_XX/im_raw.png`` + ``meta_info.pkl``), normalised as ``BurstSRDataset``
+    does (black level subtracted, ÷ 1023, not clamped); rendered as BurstSR's post-processing (camera white
+    balance, ÷ max, gamma, smoothstep, no colour matrix; ``burst_data.md`` §6)."""
+    from codes.data.burstsr_dataset import normalize_samsung, read_png16
+    from codes.utils.safe_pickle import EXIFREAD_ALLOWED, safe_load_pickle
     folder = Path(folder)
     dirs = sorted((d for d in folder.iterdir() if d.is_dir() and d.name.startswith('samsung_')),
                   key=lambda d: _natural_key(d.name))
@@ -251,10 +253,14 @@ def read_burstsr_burst(folder: str | os.PathLike) -> Burst:
         raise FileNotFoundError(f'{folder}: no samsung_XX frame folders')
     frames, wb = [], None
     for d in dirs:
-        frame, meta = read_samsung_frame(d)
-        frames.append(frame)
+        meta_path = d / 'meta_info.pkl'
+        meta = safe_load_pickle(meta_path, extra_allowed=EXIFREAD_ALLOWED) if meta_path.is_file() else None
+        if not isinstance(meta, dict) or 'black_level' not in meta:
+            raise ValueError(f'{meta_path}: a BurstSR frame needs its meta_info.pkl with black_level (and cam_wb)')
+        frames.append(normalize_samsung(read_png16(d / 'im_raw.png', 4), meta['black_level']))
         if wb is None:
-            wb = [float(v) for v in np.asarray(meta['cam_wb'], dtype=np.float64).reshape(-1)]
+            cam_wb = np.asarray(meta.get('cam_wb', [1.0, 1.0, 1.0]), dtype=np.float64).reshape(-1)
+            wb = [float(v) for v in cam_wb]
     _check_same_size(frames, dirs)
     render = Render(red_gain=wb[0] / wb[1], blue_gain=wb[-1] / wb[1], normalize_max=True,
                     source='BurstSR meta_info (camera white balance, divided by the maximum)')
