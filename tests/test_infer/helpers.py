@@ -84,3 +84,11 @@ def mosaic_counts(rgggb_mosaic: np.ndarray, pattern: str, black: int = 64, white
     full = np.zeros((h + 2 * dy, w + 2 * dx), np.float64)
     full[dy:dy + h, dx:dx + w] = rgggb_mosaic
     return np.round(full * (white - black) + black).astype(np.uint16)
+
+
+def seam_distance(size: int, tile: int, overlap: int, scale: int) -> np.ndarray:
+    """Per output pixel along one axis (size·scale,): the distance to the nearest tile edge inside the image."""
+    from codes.utils.tiling import tile_starts
+    edges = {e * scale for s in tile_starts(size, tile, overlap) for e in (s, s + tile) if 0 < e < size}
+    idx = np.arange(size * scale) + 0.5
+    return np.min([np.abs(idx - e) for e in edges], axis=0)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from codes.utils.tiling import pad_to_multiple, ramp_weights, round_tile, tile_starts, tiled_forward
-from tests.test_infer.helpers import photo_rgb, tiny_bsrt
+from tests.test_infer.helpers import photo_rgb, seam_distance, tiny_bsrt
 from codes.data.camera_pipeline import mosaic
 
 
@@ -83,13 +83,6 @@ def test_tiled_equals_untiled_for_a_local_map():
     assert counter.total == counter.done == len(tile_starts(48, 16, 4)) * len(tile_starts(40, 16, 4))
 
 
-def _seam_distance(size, tile, overlap, scale):
-    """Per output pixel along one axis: the distance to the nearest tile edge inside the image."""
-    edges = {e * scale for s in tile_starts(size, tile, overlap) for e in (s, s + tile) if 0 < e < size}
-    idx = torch.arange(size * scale).float() + 0.5
-    return torch.stack([(idx - e).abs() for e in edges]).min(0).values
-
-
 def test_tiled_bsrt_matches_untiled_away_from_seams():
     net = tiny_bsrt()
     frames = torch.stack([mosaic(photo_rgb(96, 128, shift=i)) for i in range(2)])[None]  # (1, 2, 4, 48, 64)
@@ -101,7 +94,8 @@ def test_tiled_bsrt_matches_untiled_away_from_seams():
     tiled = tiled_forward(call, frames, 8, 32, 8, multiple=8, min_size=17)
     assert full.shape == tiled.shape == (1, 3, 384, 512)
     diff = (tiled - full).abs().amax(dim=(0, 1))
-    far = torch.minimum(_seam_distance(48, 32, 8, 8)[:, None], _seam_distance(64, 32, 8, 8)[None, :]) >= 16
+    far = torch.minimum(torch.from_numpy(seam_distance(48, 32, 8, 8))[:, None],
+                        torch.from_numpy(seam_distance(64, 32, 8, 8))[None, :]) >= 16
     assert far.float().mean() > 0.5
     # BSRT is not strictly local (SpyNet's coarse levels, shifted windows at tile borders): tiny residue only
     assert diff[far].max() < 2e-3, diff[far].max()
