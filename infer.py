@@ -9,5 +9,5 @@ from codes.utils.checkpoint import CheckpointError
 if __name__ == '__main__':
     try:
         infer_pipeline()
-    except (OptionError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (OptionError, CheckpointError, FileNotFoundError, ValueError, ImportError, OSError) as exc:
         sys.exit(f'infer.py: error: {exc}')

@@ -134,7 +134,10 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
         raise OptionError('tile', f'must be a positive number of input pixels or 0/none, got {opt["tile"]}', file)
     if opt['tile_overlap'] < 0:
         raise OptionError('tile_overlap', f'must be >= 0, got {opt["tile_overlap"]}', file)
-    opt['arch'] = {'type': args.arch, 'level': args.level, 'burst_size': args.burst_size}
+    opt['arch'] = {k: v for k, v in (('type', args.arch), ('level', args.level), ('burst_size', args.burst_size))
+                   if v is not None}
+    if opt['arch'] and not opt['arch'].get('type'):
+        raise OptionError('arch', '--level and --burst-size need --arch BSRT')
     opt['opt_file'] = file
     return opt, args
 
