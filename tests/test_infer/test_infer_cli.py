@@ -1,7 +1,6 @@
 """``infer.py`` end to end with tiny networks: every input kind, option file and flags, tiled vs untiled outputs,
 the frame-count message, checkpoint formats (params / params_ema / module. prefix) and refused checkpoints."""
 import json
-import pickle
 
 import cv2
 import numpy as np
