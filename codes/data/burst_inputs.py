@@ -53,6 +53,7 @@ class Render:
     matrix, optional division by the image maximum, then gamma 1/2.2 and smoothstep (``burst_data.md`` §6)."""
     red_gain: float = 1.0
     blue_gain: float = 1.0
+    rgb_gain: float = 1.0
     cam2rgb: tuple[tuple[float, ...], ...] | None = None
     normalize_max: bool = False
     gamma: bool = True
@@ -120,8 +121,25 @@ def _gray_world(reference: torch.Tensor, source: str) -> Render:
                   source=f'{source} (no metadata: gray-world white balance, divided by the maximum)')
 
 
+def _synthetic_render(path: Path) -> Render:
+    """The synthetic post-processing (``burst_data.md`` §6) from a SyntheticBurstVal-style ``meta_info.pkl``."""
+    from codes.utils.safe_pickle import safe_load_pickle
+    meta = safe_load_pickle(path)
+    try:
+        cam2rgb = np.asarray(meta['cam2rgb'], dtype=np.float64).reshape(3, 3)
+        return Render(red_gain=float(meta['red_gain']), blue_gain=float(meta['blue_gain']),
+                      rgb_gain=float(meta['rgb_gain']), cam2rgb=tuple(tuple(float(v) for v in r) for r in cam2rgb),
+                      gamma=bool(meta.get('gamma', True)), smoothstep=bool(meta.get('smoothstep', True)),
+                      source=f'{path} (synthetic gains and cam2rgb)')
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f'{path}: expected the synthetic meta_info keys rgb_gain, red_gain, blue_gain, cam2rgb '
+                         f'({type(exc).__name__}: {exc})') from None
+
+
 def read_png_burst(folder: str | os.PathLike) -> Burst:
-    """A folder of challenge-format frames (``*.png``, natural order; frame 0 the reference)."""
+    """A folder of challenge-format frames (``*.png``, natural order; frame 0 the reference). A ``meta_info.pkl``
+    beside them (SyntheticBurstVal's, read with the restricted unpickler) drives the rendering; without one the
+    rendering uses gray-world white balance."""
     folder = Path(folder)
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() == '.png'), key=lambda p: _natural_key(p.name))
     if not files:
@@ -129,8 +147,9 @@ def read_png_burst(folder: str | os.PathLike) -> Burst:
     frames = [_read_png_frame(p) for p in files]
     _check_same_size(frames, files)
     frames_t = torch.stack(frames)
-    return Burst(folder.name, 'png', frames_t, _gray_world(frames_t[0], 'challenge PNG frames'),
-                 [str(p) for p in files])
+    meta = folder / 'meta_info.pkl'
+    render = _synthetic_render(meta) if meta.is_file() else _gray_world(frames_t[0], 'challenge PNG frames')
+    return Burst(folder.name, 'png', frames_t, render, [str(p) for p in files])
 
 
 def _check_same_size(frames: Sequence[torch.Tensor], files: Sequence[Any]) -> None:
@@ -363,7 +382,7 @@ def render_srgb(linear: torch.Tensor, render: Render) -> np.ndarray:
     """(3, H, W) linear camera RGB -> (H, W, 3) uint8 sRGB (RGB order): gains with clamp, colour matrix, ÷ max,
     clamp, gamma, smoothstep, ×255 truncated (``burst_data.md`` §6)."""
     image = linear.detach().float().cpu()
-    image = apply_gains(image, 1.0, render.red_gain, render.blue_gain)
+    image = apply_gains(image, render.rgb_gain, render.red_gain, render.blue_gain)
     if render.cam2rgb is not None:
         image = apply_ccm(image, torch.tensor(render.cam2rgb, dtype=torch.float32))
     if render.normalize_max:

@@ -33,6 +33,20 @@ def test_png_burst_values_and_order(tmp_path):
     assert burst.render.normalize_max and burst.render.red_gain > 0
 
 
+def test_png_burst_with_synthetic_meta(tmp_path):
+    import pickle
+    write_png_burst(tmp_path / 'b', 2, (8, 8))
+    meta = {'rgb_gain': 1.25, 'red_gain': 2.0, 'blue_gain': 1.7, 'cam2rgb': torch.eye(3).numpy(), 'gamma': True,
+            'smoothstep': False}
+    (tmp_path / 'b' / 'meta_info.pkl').write_bytes(pickle.dumps(meta))
+    render = read_png_burst(tmp_path / 'b').render
+    assert (render.rgb_gain, render.red_gain, render.blue_gain, render.smoothstep) == (1.25, 2.0, 1.7, False)
+    assert not render.normalize_max and 'synthetic' in render.source
+    lin = torch.full((3, 1, 1), 0.2)
+    assert tuple(render_srgb(lin, render)[0, 0]) == tuple(
+        int(v) for v in (np.minimum(np.array([2.0, 1.0, 1.7]) * 1.25 * 0.2, 1) ** (1 / 2.2) * 255).astype(np.float32))
+
+
 def test_png_burst_rejects_other_pngs(tmp_path):
     import cv2
     (tmp_path / 'b').mkdir()
