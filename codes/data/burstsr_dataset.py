@@ -45,8 +45,8 @@ CANON_NORM = 16383.0  #: 14-bit Canon counts
 NUM_FRAMES = 14
 SAMSUNG_EXIF = ('Image ExposureTime', 'Image FNumber', 'Image ISOSpeedRatings')
 CANON_EXIF = ('EXIF ExposureTime', 'EXIF FNumber', 'EXIF ISOSpeedRatings')
-_DATA_HINT = ('see datasets/README.md (or run `python -m codes.scripts.make_burstsr_sample` for a small offline set '
-              'in the same format)')
+_DATA_HINT = ('see README.md, BurstSR real-world track (or run `python -m codes.scripts.make_burstsr_sample` '
+              'for a small offline set in the same format)')
 
 
 class BurstFiles(NamedTuple):
