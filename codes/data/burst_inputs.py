@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 import torch
 
-from codes.data.camera_pipeline import apply_ccm, apply_gains, apply_smoothstep, gamma_compression, pack_raw
+from codes.data.camera_pipeline import (apply_ccm, apply_gains, apply_smoothstep, gamma_compression, pack_raw,
+                                        process_burstsr_image_rgb)
 
 __all__ = ['RAW_EXTENSIONS', 'IMAGE_EXTENSIONS', 'Render', 'Burst', 'select_frames', 'read_png_burst',
            'read_raw_frame', 'read_raw_burst', 'read_burstsr_burst', 'burst_kind', 'find_bursts', 'find_images',
@@ -49,8 +50,9 @@ BURSTSR_NORM = 1023.0
 
 @dataclass(frozen=True)
 class Render:
-    """How linear camera RGB becomes sRGB for viewing: gains [red, 1, blue] (with clamp), optional cam->sRGB
-    matrix, optional division by the image maximum, then gamma 1/2.2 and smoothstep (``burst_data.md`` §6)."""
+    """How linear camera RGB becomes sRGB for viewing (``burst_data.md`` §6): gains [red, 1, blue]·rgb_gain, then
+    either the synthetic path (clamp, optional cam->sRGB matrix) or, with ``normalize_max``, BurstSR's (÷ the image
+    maximum, no matrix); then gamma 1/2.2 and smoothstep. See :func:`render_srgb`."""
     red_gain: float = 1.0
     blue_gain: float = 1.0
     rgb_gain: float = 1.0
@@ -379,14 +381,23 @@ def read_rgb_image(path: str | os.PathLike) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------- rendering
 def render_srgb(linear: torch.Tensor, render: Render) -> np.ndarray:
-    """(3, H, W) linear camera RGB -> (H, W, 3) uint8 sRGB (RGB order): gains with clamp, colour matrix, ÷ max,
-    clamp, gamma, smoothstep, ×255 truncated (``burst_data.md`` §6)."""
+    """(3, H, W) linear camera RGB -> (H, W, 3) uint8 sRGB (RGB order), ``burst_data.md`` §6.
+
+    With ``normalize_max`` it is BurstSR's real-track post-processing (``process_burstsr_image_rgb``: × the
+    gains, ÷ the maximum, clamp, gamma, smoothstep; no colour matrix); otherwise the synthetic one (gains with
+    clamp, colour matrix, clamp, gamma, smoothstep). ×255 truncated.
+    """
     image = linear.detach().float().cpu()
+    if render.normalize_max:
+        if render.cam2rgb is not None:
+            raise ValueError('render_srgb: normalize_max (BurstSR post-processing) applies no colour matrix')
+        meta = {'norm_factor': 1.0, 'black_level_subtracted': True,
+                'cam_wb': [render.red_gain * render.rgb_gain, render.rgb_gain, render.blue_gain * render.rgb_gain]}
+        return process_burstsr_image_rgb(image, meta, gamma=render.gamma, smoothstep=render.smoothstep,
+                                         return_np=True)
     image = apply_gains(image, render.rgb_gain, render.red_gain, render.blue_gain)
     if render.cam2rgb is not None:
         image = apply_ccm(image, torch.tensor(render.cam2rgb, dtype=torch.float32))
-    if render.normalize_max:
-        image = image / max(image.max().item(), 1e-8)
     image = image.clamp(0.0, 1.0)
     if render.gamma:
         image = gamma_compression(image)

@@ -120,6 +120,10 @@ def test_burstsr_burst(burstsr_sample):
     ds = BurstSRDataset(str(burstsr_sample), split='val', burst_size=14, crop_size=24, random_frame_order=False)
     assert torch.allclose(burst.frames, ds[0]['lq'])  # the same normalisation as the training reader
     assert burst.render.normalize_max and burst.render.cam2rgb is None
+    # rendered exactly as the real-track model renders BurstSR predictions
+    from codes.models.real_burst_sr_model import render_burstsr_srgb
+    pred = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.3
+    assert np.array_equal(render_srgb(pred, burst.render), render_burstsr_srgb(pred, ds[0]['meta_info']))
     assert find_bursts(folder) == [('burstsr', folder)]
     found = find_bursts(burstsr_sample / 'val')  # a folder of burst folders
     assert [k for k, _ in found] == ['burstsr']
