@@ -211,3 +211,15 @@ def test_dcls_images_kernel_and_tiling(tmp_path):
     assert np.abs(a - b).mean() < 0.05
     with pytest.raises(OptionError, match='kernel'):
         infer_pipeline(base + ['--output', str(tmp_path / 'x'), '--kernel', str(tmp_path / 'nope.npy')])
+
+
+def test_entry_point_reports_errors_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, str(root / 'infer.py'), '--weights', str(tmp_path / 'missing.pth'),
+                          '--input', str(tmp_path), '--output', str(tmp_path / 'o'), '--device', 'cpu'],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == f'infer.py: error: checkpoint not found: {tmp_path / "missing.pth"}'
