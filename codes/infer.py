@@ -136,8 +136,8 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
         raise OptionError('tile_overlap', f'must be >= 0, got {opt["tile_overlap"]}', file)
     opt['arch'] = {k: v for k, v in (('type', args.arch), ('level', args.level), ('burst_size', args.burst_size))
                    if v is not None}
-    if opt['arch'] and not opt['arch'].get('type'):
-        raise OptionError('arch', '--level and --burst-size need --arch BSRT')
+    if (args.level or args.burst_size) and args.arch != 'BSRT':
+        raise OptionError('arch', '--level and --burst-size are BSRT hyper-parameters: they need --arch BSRT')
     opt['opt_file'] = file
     return opt, args
 
@@ -158,10 +158,14 @@ def resolve_device(name: str) -> torch.device:
 # ------------------------------------------------------------------------------------------------- network
 def _network_options(sd: Mapping[str, torch.Tensor], opt: dict, source: str) -> dict:
     """The ``network_g`` block for these weights (see the module docstring for the rule)."""
+    family = detect_family(sd)
     if opt.get('network_g'):
+        given = opt['network_g']['type']
+        if family is not None and given in FAMILIES and family != given:
+            raise CheckpointError(f'{source}: holds a {family} network, not {given} (network_g.type in '
+                                  f'{opt.get("opt_file")}); pass the {given} weights or fix network_g')
         return dict(opt['network_g'])
     arch = opt.get('arch') or {}
-    family = detect_family(sd)
     wanted = arch.get('type')
     if wanted is None:
         return network_options_from_state_dict(sd, source)

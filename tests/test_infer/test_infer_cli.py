@@ -151,6 +151,13 @@ def test_wrong_architecture_checkpoints(tmp_path, bsrt_ckpt):
     torch.save(build_network(TINY_DCLS).state_dict(), dcls)
     with pytest.raises(CheckpointError, match='dcls.pth: holds a DCLS network, not BSRT'):
         infer_pipeline(['--weights', str(dcls), '--arch', 'BSRT'] + args)
+    opt = {'weights': str(dcls), 'input': str(tmp_path / 'b'), 'output': str(tmp_path / 'o'), 'device': 'cpu',
+           'network_g': {'type': 'BSRT', 'level': 'S'}}
+    (tmp_path / 'd.yml').write_text(yaml.safe_dump(opt))
+    with pytest.raises(CheckpointError, match=r'dcls.pth: holds a DCLS network, not BSRT \(network_g.type'):
+        infer_pipeline(['-opt', str(tmp_path / 'd.yml')])
+    with pytest.raises(OptionError, match='need --arch BSRT'):
+        infer_pipeline(['--weights', str(dcls), '--arch', 'DCLS', '--level', 'S'] + args)
     # a BSRT checkpoint of another size than the named level
     with pytest.raises(CheckpointError, match='does not fit BSRT.*other shapes'):
         infer_pipeline(['--weights', str(weights), '--arch', 'BSRT', '--level', 'S'] + args)
