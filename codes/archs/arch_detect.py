@@ -1,0 +1,117 @@
+"""Which network a state_dict belongs to, and its hyper-parameters, read from the key names and tensor shapes.
+
+Lets ``infer.py`` load a checkpoint without being told the architecture: the project's own checkpoints
+(``{'params': ..., 'params_ema': ...}``) and the official bare state_dicts carry no configuration, but every
+hyper-parameter that changes a tensor shape can be read back from the shapes (``bsrt.md`` §12, the key lists in
+``keys/``). Hyper-parameters that change no shape (BSRT's drop-path rate) are irrelevant at inference.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Mapping
+
+import torch
+
+__all__ = ['detect_family', 'network_options_from_state_dict', 'FAMILIES']
+
+
+def _is_bsrt(sd: Mapping[str, torch.Tensor]) -> bool:
+    return all(k in sd for k in ('conv_first.weight', 'fusion.weight', 'conv_last.weight')) and any(
+        k.startswith('spynet.') for k in sd) and any(k.startswith('align.') for k in sd)
+
+
+def _is_dcls(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith('Restorer.') for k in sd) and any(k.startswith('Estimator.') for k in sd)
+
+
+def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for k in sd for m in [rx.match(k)] if m}
+    return max(found) + 1 if found else 0
+
+
+def _bsrt_options(sd: Mapping[str, torch.Tensor]) -> dict:
+    """BSRT hyper-parameters from the shapes (``bsrt.md`` §4, §12)."""
+    embed_dim = int(sd['conv_first.weight'].shape[0])
+    num_feat = int(sd['conv_last.weight'].shape[1])
+    depths = [_count(sd, r'pre_layers\.(\d+)\.')]
+    groups = _count(sd, r'layers\.(\d+)\.residual_group\.')
+    depths += [_count(sd, rf'layers\.{g}\.residual_group\.blocks\.(\d+)\.') for g in range(groups)]
+    firsts = ['pre_layers.0.'] + [f'layers.{g}.residual_group.blocks.0.' for g in range(groups)]
+    tables = [sd[f'{p}attn.relative_position_bias_table'] for p in firsts]
+    heads = [int(t.shape[1]) for t in tables]
+    window = int(round((math.sqrt(tables[0].shape[0]) + 1) / 2))
+    mlp_ratio = float(sd['pre_layers.0.mlp.fc1.weight'].shape[0]) / embed_dim
+    groups_dcn = int(sd['align.L1_dcnpack.conv_offset_mask.weight'].shape[0]) // (3 * 9)
+    opts = {'type': 'BSRT', 'level': None, 'embed_dim': embed_dim, 'depths': depths,
+            'num_heads': heads[0] if len(set(heads)) == 1 else heads, 'window_size': window,
+            'mlp_ratio': mlp_ratio, 'burst_size': int(sd['fusion.weight'].shape[1]) // num_feat,
+            'num_feat': num_feat, 'deformable_groups': groups_dcn, 'drop_path_rate': 0.0}
+    from codes.archs.bsrt_arch import BSRT_LEVELS
+    for name, level in BSRT_LEVELS.items():
+        if (embed_dim, tuple(depths), heads[0]) == (level['embed_dim'], tuple(level['depths']), level['num_heads']) \
+                and len(set(heads)) == 1 and window == 8 and mlp_ratio == 2.0 and num_feat == 64:
+            opts = {'type': 'BSRT', 'level': name, 'burst_size': opts['burst_size'], 'drop_path_rate': 0.0}
+    return opts
+
+
+def _dcls_options(sd: Mapping[str, torch.Tensor]) -> dict:
+    """DCLS hyper-parameters from the shapes (``dcls.md`` §1-3, §7)."""
+    from codes.archs.dcls_arch import Estimator, FILTER_STRUCTURES
+    nf, in_nc = (int(v) for v in sd['Restorer.conv_first.weight'].shape[:2])
+    nf2 = int(sd['Restorer.head1.weight'].shape[0])
+    ng = _count(sd, r'Restorer\.body\.(\d+)\.')
+    nb = _count(sd, r'Restorer\.body\.0\.body\.(\d+)\.')
+    n_dec = _count(sd, r'Estimator\.dec\.(\d+)\.')
+    chans_in = [in_nc] + [Estimator.G_CHAN] * (n_dec - 1)
+    chans_out = [Estimator.G_CHAN] * (n_dec - 1) + [in_nc]
+    sizes = tuple(int(round(math.sqrt(sd[f'Estimator.dec.{i}.weight'].shape[0] / (ci * co))))
+                  for i, (ci, co) in enumerate(zip(chans_in, chans_out)))
+    kernel_size = next((k for k, v in FILTER_STRUCTURES.items() if tuple(v) == sizes), None)
+    if kernel_size is None:
+        raise KeyError(f'Estimator.dec filter sizes {sizes} match no kernel size of {dict(FILTER_STRUCTURES)}')
+    if 'Restorer.upscale.4.weight' in sd:
+        scale = 4
+    else:
+        out0 = int(sd['Restorer.upscale.0.weight'].shape[0])
+        scale = 1 if out0 == in_nc and 'Restorer.upscale.2.weight' not in sd else int(round(math.sqrt(out0 / nf)))
+    return {'type': 'DCLS', 'scale': scale, 'kernel_size': kernel_size, 'nf': nf, 'nb': nb, 'ng': ng,
+            'in_nc': in_nc, 'reduction': nf // nf2, 'input_para': int(sd['Estimator.tail.4.weight'].shape[0])}
+
+
+#: family -> (recogniser, options reader or None when the family has no reader yet).
+FAMILIES: dict[str, tuple[Callable[[Mapping[str, torch.Tensor]], bool],
+                          Callable[[Mapping[str, torch.Tensor]], dict] | None]] = {
+    'BSRT': (_is_bsrt, _bsrt_options),
+    'DCLS': (_is_dcls, _dcls_options),
+}
+
+
+def detect_family(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """'BSRT', 'DCLS' or None, from the key names of a bare state_dict."""
+    for name, (recognise, _) in FAMILIES.items():
+        if recognise(sd):
+            return name
+    return None
+
+
+def network_options_from_state_dict(sd: Mapping[str, torch.Tensor], source: str = 'checkpoint') -> dict:
+    """A ``network_g`` block (``type`` + constructor keys) that builds a network this state_dict fits.
+
+    Raises ``ValueError`` naming ``source`` when the keys belong to no known architecture.
+    """
+    family = detect_family(sd)
+    if family is None:
+        keys = list(sd)[:4]
+        raise ValueError(f'{source}: its keys belong to no known architecture ({", ".join(FAMILIES)}); first keys '
+                         f'{keys}. Name the architecture with --arch / network_g if it is one of ours.')
+    reader = FAMILIES[family][1]
+    if reader is None:
+        raise ValueError(f'{source}: a {family} checkpoint, but its hyper-parameters cannot be read from it; give '
+                         f'them with network_g in an option file')
+    try:
+        return reader(sd)
+    except (KeyError, IndexError, ZeroDivisionError) as exc:
+        raise ValueError(f'{source}: looks like {family} but a tensor the hyper-parameters are read from is '
+                         f'missing or malformed ({type(exc).__name__}: {exc})') from None
