@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
@@ -359,6 +360,69 @@ class DiskBackend:
 
 
 # ---------------------------------------------------------------------------------------------------- lmdb
+class _EnvCache:
+    """The read-only environments open in this process, shared by every backend on the same database.
+
+    py-lmdb refuses to open one environment twice in a process, so two datasets on one database (or a dataset
+    rebuilt in a test) must share it. After a fork the inherited environments are closed, never used, and the
+    child opens its own (with ``lock=False`` closing them touches no lock of the parent's).
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.envs: dict[tuple, list] = {}  # (realpath, dev, inode) -> [environment, users]
+        self.lock = threading.Lock()
+
+    def _forget_inherited(self) -> None:
+        if self.pid != os.getpid():
+            for env, _ in self.envs.values():
+                try:
+                    env.close()
+                except Exception:  # pragma: no cover - closing an inherited handle is best effort
+                    pass
+            self.envs.clear()
+            self.pid = os.getpid()
+
+    @staticmethod
+    def ident(path: str) -> tuple:
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(os.path.join(real, 'data.mdb'))
+            return real, st.st_dev, st.st_ino
+        except OSError:
+            return real, None, None
+
+    def acquire(self, path: str, max_readers: int, readahead: bool) -> tuple[Any, tuple]:
+        import lmdb
+        with self.lock:
+            self._forget_inherited()
+            ident = self.ident(path)
+            slot = self.envs.get(ident)
+            if slot is None:
+                try:
+                    env = lmdb.open(path, readonly=True, lock=False, readahead=readahead, meminit=False,
+                                    max_readers=max_readers, subdir=True)
+                except lmdb.Error as exc:
+                    raise LmdbFormatError(path, f'cannot open the LMDB: {exc}') from None
+                slot = self.envs[ident] = [env, 0]
+            slot[1] += 1
+            return slot[0], ident
+
+    def release(self, ident: tuple) -> None:
+        with self.lock:
+            if self.pid != os.getpid():
+                return
+            slot = self.envs.get(ident)
+            if slot is not None:
+                slot[1] -= 1
+                if slot[1] <= 0:
+                    del self.envs[ident]
+                    slot[0].close()
+
+
+_ENVS = _EnvCache()  # one per process by construction (see _forget_inherited)
+
+
 class _LmdbReader:
     """Lazily opened, per-process, read-only LMDB environment."""
     kind = 'lmdb'
@@ -369,30 +433,26 @@ class _LmdbReader:
         self.max_readers = max_readers
         self.readahead = readahead
         self._env: Any = None
+        self._ident: tuple | None = None
         self._pid: int | None = None
         self.index: dict[str, ValueInfo] = {}
 
     def _open(self) -> Any:
-        import lmdb
         pid = os.getpid()
         if self._env is None or self._pid != pid:  # never reuse an environment inherited across fork
-            try:
-                self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=self.readahead,
-                                      meminit=False, max_readers=self.max_readers, subdir=True)
-            except lmdb.Error as exc:
-                raise LmdbFormatError(self.path, f'cannot open the LMDB: {exc}') from None
+            self._env, self._ident = _ENVS.acquire(self.path, self.max_readers, self.readahead)
             self._pid = pid
         return self._env
 
     def close(self) -> None:
-        """Close this process's environment (it reopens on the next read)."""
+        """Release this process's environment (it reopens on the next read)."""
         if self._env is not None and self._pid == os.getpid():
-            self._env.close()
-        self._env, self._pid = None, None
+            _ENVS.release(self._ident)
+        self._env, self._ident, self._pid = None, None, None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state['_env'], state['_pid'] = None, None
+        state['_env'], state['_ident'], state['_pid'] = None, None, None
         return state
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
