@@ -25,7 +25,7 @@ Formats read (``open_lmdb`` detects which):
   version, layout, ...) and one ``__meta__/<key>`` record per value inside the database, and a ``meta_info.txt``
   with one line per value, ``<name> (<shape>) <compression> <dtype> <crc32>``, e.g.
   ``bursts/0000/im_raw_00.png (48,48,4) raw uint16 1c291ca3``. ``name`` is the source file's relative path (key
-  plus extension), ``compression`` is ``raw`` (the array's C-order bytes) or a PNG level 0-9 (the bytes of
+  plus extension; for ``paired``, ``gt/`` or ``lq/`` plus the path relative to the GT or LQ folder), ``compression`` is ``raw`` (the array's C-order bytes) or a PNG level 0-9 (the bytes of
   ``cv2.imencode('.png')``), and pickles are stored as their file bytes (dtype ``bytes``). The first three fields
   are BasicSR's, so BasicSR's own reader takes the keys of a PNG-compressed database.
 * **BasicSR** image LMDBs: PNG bytes, ``meta_info.txt`` lines ``<key>.png (<h>,<w>,<c>) <level>``.
