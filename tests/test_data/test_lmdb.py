@@ -445,3 +445,31 @@ def test_io_backend_options_and_pickling(tmp_path):
     assert iob.to_bgr_uint8(disk.get('c/deep')).dtype == np.uint8
     assert zlib.crc32(b'') == 0  # meta lines of empty values stay parseable
     assert iob.parse_meta_line(iob.format_meta_line(iob.ValueInfo('a b.pkl', (0,), None, 'bytes', 0))).name == 'a b.pkl'
+
+
+# ---------------------------------------------------------------------------------------------------- runner
+def test_option_file_switches_to_lmdb_and_trains(tmp_path, sample_data, synval):
+    """``io_backend: {type: lmdb}`` in the option file and nothing else: a 2-iteration run with 2 loader workers
+    and validation, both from LMDBs; option errors name the file and key."""
+    from codes.train import train_pipeline
+    from codes.utils.options import OptionError, validate_options
+    from tests.test_runner.tiny import tiny_options, write_options
+    zurich = tmp_path / 'zurich'
+    shutil.copytree(sample_data / 'zurich', zurich)
+    cl.create_lmdb('images', zurich, tmp_path / 'zurich.lmdb', progress=False)
+    cl.create_lmdb('synburst_val', synval, tmp_path / 'val.lmdb', progress=False)
+    shutil.rmtree(zurich)  # dataroot stays 'zurich'; the run must read zurich.lmdb beside it
+    opt = tiny_options(tmp_path, sample_data, name='lmdb', total_iter=2)
+    opt['datasets']['train'].update(dataroot=str(zurich), num_worker_per_gpu=2,
+                                    io_backend={'type': 'lmdb'})
+    opt['datasets']['val'].update(dataroot=str(tmp_path / 'val.lmdb'), io_backend={'type': 'lmdb'})
+    opt['val'].update(val_freq=2, save_img=False)
+    bad = json.loads(json.dumps(opt))
+    bad['datasets']['val']['io_backend']['max_reader'] = 4
+    with pytest.raises(OptionError, match=r"x\.yml: option 'datasets\.val\.io_backend': io_backend\.max_reader"):
+        validate_options(bad, 'x.yml')
+    root = Path(__file__).resolve().parents[2]
+    train_pipeline(root, ['-opt', str(write_options(tmp_path / 'lmdb.yml', opt))])
+    metrics = [json.loads(line) for line in (tmp_path / 'experiments' / 'lmdb' / 'metrics.jsonl').read_text()
+               .splitlines()]
+    assert metrics[-1]['num_samples'] == 2 and np.isfinite(metrics[-1]['psnr'])
