@@ -473,3 +473,28 @@ def test_option_file_switches_to_lmdb_and_trains(tmp_path, sample_data, synval):
     metrics = [json.loads(line) for line in (tmp_path / 'experiments' / 'lmdb' / 'metrics.jsonl').read_text()
                .splitlines()]
     assert metrics[-1]['num_samples'] == 2 and np.isfinite(metrics[-1]['psnr'])
+
+
+def test_burstsr_dataset_from_lmdb_matches_disk(tmp_path):
+    """BurstSRDataset (exifread pickles through the restricted unpickler) gives the same items from an LMDB."""
+    from codes.data.burstsr_dataset import BurstSRDataset
+    from codes.scripts.make_burstsr_sample import make_burstsr_sample
+    src = tmp_path / 'bsr'
+    make_burstsr_sample(src, num_train=2, num_val=1, crop_size=16, log=lambda _: None)
+    cl.create_lmdb('burstsr', src, tmp_path / 'bsr.lmdb', progress=False, compress_level=1)
+    cl.create_lmdb('burstsr', src / 'val', tmp_path / 'val.lmdb', progress=False)
+    kw = dict(crop_size=12, seed=4, random_flip=True, burst_size=5)
+    for split, db in (('train', 'bsr.lmdb'), ('val', 'bsr.lmdb'), ('val', 'val.lmdb')):
+        disk = BurstSRDataset(str(src), split=split, **kw)
+        fast = BurstSRDataset(str(tmp_path / db), split=split, io_backend={'type': 'lmdb'}, **kw)
+        assert fast.names == disk.names and '0004_0006' not in fast.names
+        for i in range(len(disk)):
+            a, b = disk[i], fast[i]
+            assert a['key'] == b['key'] and torch.equal(a['lq'], b['lq']) and torch.equal(a['gt'], b['gt'])
+            assert a['meta_info']['exposure_scale'] == b['meta_info']['exposure_scale']
+    shutil.rmtree(src / 'val')
+    cl.create_lmdb('burstsr', src, tmp_path / 'train.lmdb', progress=False)
+    with pytest.raises(FileNotFoundError, match=r"train\.lmdb holds the split\(s\) \['train'\], not 'val'"):
+        BurstSRDataset(str(tmp_path / 'train.lmdb'), split='val', io_backend={'type': 'lmdb'})
+    with pytest.raises(iob.LmdbFormatError, match="layout 'burstsr', this dataset reads 'synburst_val'"):
+        sb.SyntheticBurstValDataset(str(tmp_path / 'train.lmdb'), io_backend={'type': 'lmdb'})
