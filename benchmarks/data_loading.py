@@ -12,6 +12,8 @@ The data is generated (once, into ``--data``, default a temporary folder) in the
 * ``BurstSR``: ``--bursts`` training crops of 14 Samsung 80×80 packed frames and a 640×640 Canon image, with the
   exifread pickles (``codes.scripts.make_burstsr_sample``); read with ``BurstSRDataset`` (14 frames, crop 80, the
   fine-tuning recipe);
+* ``NAME:read`` rows: the storage reads of one item of that dataset alone (all its frames, GT and pickles, as
+  arrays and bytes), without the dataset's float conversion and normalisation, which no backend changes;
 * ``Zurich``: 40 RAW-to-RGB-style 448×448 JPEGs (``make_sample_data``); the sRGB *image source* of
   ``SyntheticBurstDataset`` is timed alone (read and decode, what LMDB replaces), and the full synthetic item (crop
   256, burst 14: inverse ISP, 14 warps, noise) separately, because there the CPU synthesis, not the storage, bounds
@@ -46,11 +48,15 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from codes.data.burstsr_dataset import BurstSRDataset  # noqa: E402
+from codes.data.io_backend import DiskBackend  # noqa: E402
 from codes.data.synthetic_burst_dataset import SyntheticBurstDataset, SyntheticBurstValDataset  # noqa: E402
 from codes.scripts.create_lmdb import create_lmdb  # noqa: E402
 from codes.scripts.make_burstsr_sample import make_burstsr_sample  # noqa: E402
 from codes.scripts.make_sample_data import make_sample_data  # noqa: E402
 from train_step import machine_info  # noqa: E402
+
+
+DATASETS = ('SyntheticBurstVal', 'SyntheticBurstVal:read', 'BurstSR', 'BurstSR:read', 'Zurich', 'SyntheticBurst')
 
 
 class ImageSource(Dataset):
@@ -64,6 +70,33 @@ class ImageSource(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return torch.from_numpy(self.dataset._read(index)).permute(2, 0, 1)
+
+
+class StorageRead(Dataset):
+    """Only the storage reads of one burst (every frame, the GT and the pickles, decoded to arrays and bytes),
+    without the dataset's float conversion and normalisation: the part that the backend changes."""
+
+    def __init__(self, name: str, root: str, storage: str) -> None:
+        io = {'type': 'disk'} if storage == 'disk' else {'type': 'lmdb'}
+        if name == 'SyntheticBurstVal':
+            ds = SyntheticBurstValDataset(root, burst_size=14, io_backend=io)
+            self.backend = ds.backend or DiskBackend(ds.root)
+            self.backend.keys()  # the disk backend indexes the files once
+            self.items = [[f'bursts/{n}/im_raw_{i:02d}' for i in range(14)] + [f'gt/{n}/im_rgb', f'gt/{n}/meta_info']
+                          for n in ds.names]
+            self.burstsr = None
+        else:
+            self.burstsr = BurstSRDataset(root, split='train', burst_size=14, crop_size=80, io_backend=io)
+            self.items = self.burstsr.names
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.burstsr is not None:
+            files = self.burstsr._read_burst(self.items[index], range(14))
+            return torch.tensor(len(files.frames))
+        return torch.tensor(len(self.backend.get_many(self.items[index])))  # a token: no transfer cost
 
 
 def prepare(data: Path, bursts: int, storages: list[str], log) -> dict[str, dict[str, str]]:
@@ -88,6 +121,8 @@ def prepare(data: Path, bursts: int, storages: list[str], log) -> dict[str, dict
 
 
 def build(name: str, root: str, storage: str) -> Dataset:
+    if name.endswith(':read'):
+        return StorageRead(name[:-5], root, storage)
     io = {'type': 'disk'} if storage == 'disk' else {'type': 'lmdb'}
     if name == 'SyntheticBurstVal':
         return SyntheticBurstValDataset(root, burst_size=14, io_backend=io)
@@ -156,8 +191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--repeats', type=int, default=3, help='runs per row; the best is kept (default 3)')
     p.add_argument('--storages', nargs='+', default=['disk', 'lmdb', 'png1'],
                    help='disk, lmdb (raw arrays), pngL (PNG at zlib level L)')
-    p.add_argument('--datasets', nargs='+', default=['SyntheticBurstVal', 'BurstSR', 'Zurich', 'SyntheticBurst'],
-                   choices=['SyntheticBurstVal', 'BurstSR', 'Zurich', 'SyntheticBurst'])
+    p.add_argument('--datasets', nargs='+', choices=DATASETS, default=list(DATASETS),
+                   help='rows to run (NAME:read = the storage reads of that dataset only)')
     p.add_argument('--train-step-json', default=None, help='JSON of benchmarks/train_step.py (first BSRT-S row)')
     p.add_argument('--json', default=None, help='also write the rows here')
     args = p.parse_args(argv)
@@ -189,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = prepare(data, args.bursts, args.storages, log)
     results = []
     for name in args.datasets:
-        source = 'Zurich' if name == 'SyntheticBurst' else name
+        source = 'Zurich' if name == 'SyntheticBurst' else name.split(':')[0]
         for storage in args.storages:
             dataset = build(name, roots[source][storage], storage)
             for workers in args.workers:
