@@ -494,7 +494,14 @@ class _LmdbReader:
     def get_many(self, keys: Sequence[str]) -> list:
         """The values of ``keys``, read in one transaction."""
         infos = [self.info(k) for k in keys]
-        with self._open().begin(write=False, buffers=True) as txn:
+        import lmdb
+        env = self._open()
+        try:
+            txn = env.begin(write=False, buffers=True)
+        except lmdb.MapResizedError:  # another process grew the database since this one mapped it
+            env.set_mapsize(0)
+            txn = env.begin(write=False, buffers=True)
+        with txn:
             out = []
             for key, info in zip(keys, infos):
                 buf = self._raw_get(txn, key)
