@@ -46,8 +46,8 @@ CANON_NORM = 16383.0  #: 14-bit Canon counts
 NUM_FRAMES = 14
 SAMSUNG_EXIF = ('Image ExposureTime', 'Image FNumber', 'Image ISOSpeedRatings')
 CANON_EXIF = ('EXIF ExposureTime', 'EXIF FNumber', 'EXIF ISOSpeedRatings')
-_DATA_HINT = ('see datasets/README.md (or run `python -m codes.scripts.make_burstsr_sample` for a small offline set '
-              'in the same format)')
+_DATA_HINT = ('see README.md, BurstSR real-world track (or run `python -m codes.scripts.make_burstsr_sample` '
+              'for a small offline set in the same format)')
 
 
 class BurstFiles(NamedTuple):
@@ -353,7 +353,8 @@ class BurstSRDataset(Dataset):
             'black_level': _as_float_tensor(_black_level(m0, 4, source), source, 'black_level'),
             'exposure': samsung[0], 'f_number': samsung[1], 'iso': samsung[2],
             'norm_factor': SAMSUNG_NORM, 'black_level_subtracted': True, 'while_balance_applied': False,
-            'gt_norm_factor': CANON_NORM / scale, 'gt_black_level': _as_float_tensor(canon_level, source, 'black_level'),
+            'gt_norm_factor': CANON_NORM / scale,
+            'gt_black_level': _as_float_tensor(canon_level, source, 'black_level'),
             'exposure_scale': scale,
         }
         for key in ('cam_wb', 'daylight_wb', 'color_matrix'):

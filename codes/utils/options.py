@@ -129,6 +129,9 @@ SCHEMA: dict[str, Any] = {
     'val': {
         'val_freq': int, 'save_img': bool, 'max_save_img': int, 'save_submission': bool, 'precision': PRECISIONS,
         'metrics': {'*': TYPED_METRIC},
+        # RealBurstSRModel: how predictions are aligned to the BurstSR ground truth before scoring
+        'alignment': {'flow_estimator': ('auto', 'pwcnet', 'dis'), 'pwcnet_path': str | None,
+                      'dis_preset': ('ultrafast', 'fast', 'medium'), 'sr_factor': int},
     },
     'logger': {
         'print_freq': int, 'save_checkpoint_freq': int, 'use_tb_logger': bool, 'use_pbar': bool | None,

@@ -168,3 +168,45 @@ def test_errors_name_the_file(hand_root):
         BurstSRDataset(str(hand_root / 'train' / '0001_0000' / 'canon'), 'train')
     with pytest.raises(ValueError, match='crop_size 5 exceeds'):
         BurstSRDataset(str(hand_root), 'train', crop_size=5, exclude=[], center_crop=True)[1]
+
+
+def test_real_track_rendering_by_hand():
+    from codes.data.camera_pipeline import process_burstsr_image_rgb
+    image = torch.tensor([[[0.1, 0.2]], [[0.3, 0.1]], [[0.2, 0.05]]])  # (3, 1, 2)
+    meta = {'norm_factor': 1023.0, 'cam_wb': [2.0, 1.0, 1.5], 'black_level_subtracted': True,
+            'while_balance_applied': False}
+    wb = np.array([2.0, 1.0, 1.5]).reshape(3, 1, 1)
+    x = image.numpy().astype(np.float64) * 1023 * wb
+    x = np.clip(x / x.max(), 0, 1) ** (1 / 2.2)
+    x = 3 * x ** 2 - 2 * x ** 3
+    want = (x * 255).astype(np.uint8).transpose(1, 2, 0)  # RGB, truncated
+    got = process_burstsr_image_rgb(image, meta, return_np=True)
+    assert got.dtype == np.uint8 and got.shape == (1, 2, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    # black level [0, 1, -1] subtracted when the flag says it is not, and no white balance once applied
+    raw = dict(meta, black_level_subtracted=False, black_level=[0.01, 0.02, 0.03, 0.04], while_balance_applied=True)
+    out = process_burstsr_image_rgb(torch.full((3, 1, 1), 0.5), raw, gamma=False, smoothstep=False,
+                                    norm_factor=1023.0)
+    assert torch.allclose(out.flatten(), torch.tensor([0.5 - 0.01 / 1023, 0.5 - 0.02 / 1023, 0.5 - 0.04 / 1023]))
+
+
+def test_shipped_real_option_files_validate(tmp_path):
+    from pathlib import Path
+
+    from codes.utils.options import apply_overrides, load_yaml, validate_options
+    root = Path(__file__).resolve().parents[2]
+    make_burstsr_sample(tmp_path / 's', num_train=1, num_val=1, crop_size=8, log=lambda m: None)
+    for name, is_train in (('train_real.yml', True), ('test_real.yml', False)):
+        opt = load_yaml(root / 'options' / name)
+        phases = [p for p in opt['datasets']]
+        opt = apply_overrides(opt, [f'datasets.{p}.dataroot={tmp_path / "s"}' for p in phases])
+        out = validate_options(opt, name, is_train)
+        assert out['model_type'] == 'RealBurstSRModel' and out['network_g'] == {'type': 'BSRT', 'level': 'S'}
+        assert out['val']['metrics']['psnr']['type'] == 'calculate_aligned_psnr'
+        if is_train:
+            train = out['train']
+            assert train['optim_g']['lr'] == 5e-5 and train['scheduler']['gamma'] == 0.5
+            assert train['pixel_opt']['type'] == 'AlignedL1Loss' and train['pixel_opt']['boundary_ignore'] == 40
+            ds = out['datasets']['train']
+            assert ds['crop_size'] == 80 and ds['burst_size'] == 14 and ds['batch_size_per_gpu'] == 1
+            assert ds['exclude'] == list(KNOWN_BAD_CROPS)
