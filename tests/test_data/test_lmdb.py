@@ -98,7 +98,8 @@ def _assert_round_trip(db: Path, src: Path, expected_keys: int, folders: dict | 
 def test_images_round_trip(tmp_path, level):
     src = _images_dir(tmp_path / 'imgs')
     out = tmp_path / 'imgs.lmdb'
-    _build('images', src, out, '--verify', *(['--compress-level', str(level)] if level is not None else []))
+    # the PNG build also reads and encodes with 2 threads
+    _build('images', src, out, '--verify', *(['--compress-level', str(level), '--workers', '2'] if level else []))
     backend = _assert_round_trip(out, src, 6)
     assert backend.keys() == ['a/0001', 'b/0001', 'c/deep', 'c/gray', 'c/rgba', 'd/photo 1']
     assert backend.record['layout'] == 'images' and backend.record['compress_level'] == level
