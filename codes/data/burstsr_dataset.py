@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 
 from codes.data.camera_pipeline import pack_raw, unpack_raw
 from codes.utils.registry import DATASET_REGISTRY
-from codes.utils.safe_pickle import EXIFREAD_ALLOWED, safe_load_pickle
+from codes.data.io_backend import check_io_backend, open_backend
+from codes.utils.safe_pickle import EXIFREAD_ALLOWED, safe_load_pickle, safe_loads_pickle
 
 __all__ = ['BurstSRDataset', 'BurstFiles', 'KNOWN_BAD_CROPS', 'SAMSUNG_NORM', 'CANON_NORM', 'read_png16',
            'exif_value', 'exposure_scale', 'normalize_samsung', 'normalize_canon', 'bayer_flip']
@@ -66,8 +67,12 @@ def read_png16(path: str | os.PathLike, channels: int) -> np.ndarray:
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise OSError(f'cannot decode image: {path}')
+    return _check_png16(image, channels, path)
+
+
+def _check_png16(image: np.ndarray, channels: int, source: str) -> np.ndarray:
     if image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != channels:
-        raise ValueError(f'{path}: expected a {channels}-channel uint16 PNG, got dtype {image.dtype} and shape '
+        raise ValueError(f'{source}: expected a {channels}-channel uint16 PNG, got dtype {image.dtype} and shape '
                          f'{image.shape}')
     return image
 
@@ -154,14 +159,6 @@ def bayer_flip(burst: Tensor, gt: Tensor, horizontal: bool, vertical: bool) -> t
     return packed.contiguous(), gt.contiguous()
 
 
-def _check_io_backend(io_backend: dict | None) -> dict:
-    io_backend = dict(io_backend) if io_backend is not None else {'type': 'disk'}
-    kind = io_backend.get('type', 'disk')
-    if kind != 'disk':
-        raise ValueError(f"BurstSRDataset: io_backend.type must be 'disk', got {kind!r}")
-    return io_backend
-
-
 def _as_float_tensor(value: Any, source: str, key: str) -> Tensor:
     try:
         return torch.as_tensor(np.asarray(value, dtype=np.float32))
@@ -203,7 +200,10 @@ class BurstSRDataset(Dataset):
         random_frame_order: draw frames 1..13 at random on each access (see above).
         exclude: crop names to skip; None skips ``KNOWN_BAD_CROPS`` (the four flat-GT training crops).
         seed: fixed base seed (see Randomness).
-        io_backend: ``{'type': 'disk'}``.
+        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (``codes/data/io_backend.py``):
+            ``dataroot`` is then a ``burstsr`` LMDB (``create_lmdb --format burstsr``, built from the folder
+            holding ``train/``/``val/`` or from one split's folder), and an item's frames, pickles and Canon image
+            are read in one transaction.
     """
 
     def __init__(self, dataroot: str, split: str = 'train', burst_size: int = 14, crop_size: int = 80,
@@ -217,7 +217,7 @@ class BurstSRDataset(Dataset):
             raise ValueError(f'BurstSRDataset: burst_size must be in 1..{NUM_FRAMES}, got {burst_size}')
         if crop_size < 1:
             raise ValueError(f'BurstSRDataset: crop_size must be positive, got {crop_size}')
-        self.io_backend = _check_io_backend(io_backend)
+        self.io_backend = check_io_backend(io_backend)
         self.dataroot = str(dataroot)
         self.split = split
         self.burst_size = burst_size
@@ -227,8 +227,21 @@ class BurstSRDataset(Dataset):
         self.random_frame_order = random_frame_order
         self.exclude = tuple(KNOWN_BAD_CROPS if exclude is None else exclude)
         self.seed = seed
-        self.root = self._split_root(Path(self.dataroot), split)
-        names = sorted(d.name for d in self.root.iterdir() if d.is_dir() and (d / 'canon').is_dir())
+        self.backend = None
+        self.prefix = ''
+        if self.io_backend['type'] == 'lmdb':
+            self.backend = open_backend(self.io_backend, self.dataroot, layout='burstsr')
+            splits = self.backend.record.get('splits') or []
+            if splits and split not in splits:
+                raise FileNotFoundError(f'BurstSRDataset: {self.backend.path} holds the split(s) {splits}, not '
+                                        f'{split!r}')
+            self.prefix = f'{split}/' if splits else ''
+            self.root = Path(self.backend.path) / self.prefix  # for messages: database and key prefix
+            names = sorted({k[len(self.prefix):].split('/')[0] for k in self.backend.keys(self.prefix)
+                            if k.endswith('/canon/im_raw')})
+        else:
+            self.root = self._split_root(Path(self.dataroot), split)
+            names = sorted(d.name for d in self.root.iterdir() if d.is_dir() and (d / 'canon').is_dir())
         skipped = [n for n in names if n in self.exclude]
         self.names = [n for n in names if n not in self.exclude]
         if skipped:
@@ -256,8 +269,17 @@ class BurstSRDataset(Dataset):
     def _read_burst(self, name: str, frame_ids: Sequence[int]) -> BurstFiles:
         """Read the selected Samsung frames, their meta pickles and the Canon image and meta of crop ``name``.
 
-        All storage access of one item happens here, so another I/O backend only has to replace this method.
+        All storage access of one item happens here; from an LMDB, in one transaction.
         """
+        if self.backend is not None:
+            base_key = f'{self.prefix}{name}'
+            keys = [f'{base_key}/{d}/{f}' for d in [f'samsung_{i:02d}' for i in frame_ids] + ['canon']
+                    for f in ('im_raw', 'meta_info')]
+            values = self.backend.get_many(keys)
+            arrays = [_check_png16(v, 4 if '/samsung_' in k else 3, self.backend.describe(k))
+                      for k, v in zip(keys[::2], values[::2])]
+            metas = [self._meta_from_bytes(v, self.backend.describe(k)) for k, v in zip(keys[1::2], values[1::2])]
+            return BurstFiles(arrays[:-1], metas[:-1], arrays[-1], metas[-1])
         base = self.root / name
         frames, frame_meta = [], []
         for i in frame_ids:
@@ -265,6 +287,13 @@ class BurstSRDataset(Dataset):
             frame_meta.append(self._load_meta(base / f'samsung_{i:02d}' / 'meta_info.pkl'))
         canon = read_png16(base / 'canon' / 'im_raw.png', 3)
         return BurstFiles(frames, frame_meta, canon, self._load_meta(base / 'canon' / 'meta_info.pkl'))
+
+    @staticmethod
+    def _meta_from_bytes(data: bytes, source: str) -> dict:
+        meta = safe_loads_pickle(data, extra_allowed=EXIFREAD_ALLOWED, source=source)
+        if not isinstance(meta, dict):
+            raise ValueError(f'{source}: expected a dict, got {type(meta).__name__}')
+        return meta
 
     @staticmethod
     def _load_meta(path: Path) -> dict:

@@ -18,7 +18,8 @@ import os
 import pickle
 from typing import Any, Mapping
 
-__all__ = ['safe_load_pickle', 'SafeUnpickler', 'DEFAULT_ALLOWED', 'IfdTag', 'Ratio', 'EXIFREAD_ALLOWED']
+__all__ = ['safe_load_pickle', 'safe_loads_pickle', 'SafeUnpickler', 'DEFAULT_ALLOWED', 'IfdTag', 'Ratio',
+           'EXIFREAD_ALLOWED']
 
 
 def _load_storage_from_bytes(data: bytes) -> Any:
@@ -124,6 +125,14 @@ def safe_load_pickle(path: str | os.PathLike, extra_allowed: Mapping[str, Any] |
         allowed.update(extra_allowed)
     with open(path, 'rb') as f:
         return SafeUnpickler(f, allowed, source=path).load()
+
+
+def safe_loads_pickle(data: bytes, extra_allowed: Mapping[str, Any] | None = None, source: str = '<bytes>') -> Any:
+    """``safe_load_pickle`` for a pickle held in memory (an LMDB value); ``source`` names it in errors."""
+    allowed = dict(DEFAULT_ALLOWED)
+    if extra_allowed:
+        allowed.update(extra_allowed)
+    return SafeUnpickler(io.BytesIO(data), allowed, source=source).load()
 
 
 # ----------------------------------------------------------------------------------------------- exifread stand-ins
