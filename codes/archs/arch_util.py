@@ -86,8 +86,16 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
     """
     dtype = x.dtype
     with _no_autocast(x.device):
-        out = deform_conv2d(_fp32(x), _fp32(offset), _fp32(weight), None if bias is None else _fp32(bias),
+        offset = _fp32(offset)
+        # torchvision's CPU kernel crashes the process (segfault) on NaN or huge offsets, as a diverging run
+        # produces. Offsets beyond ``bound`` sample only zero padding, so clamping them there changes nothing;
+        # a NaN offset is neutralised for the kernel and then put back into the output (offset.sum() * 0), so a
+        # diverged step still shows as NaN to the loss and the non-finite-gradient guard instead of a crash.
+        bound = 2.0 * (max(x.shape[-2:]) + padding + dilation * weight.shape[-1])
+        safe = torch.nan_to_num(offset, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
+        out = deform_conv2d(_fp32(x), safe, _fp32(weight), None if bias is None else _fp32(bias),
                             stride=stride, padding=padding, dilation=dilation, mask=_fp32(mask))
+        out = out + offset.sum() * 0
     return out.to(dtype)
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import deform_conv2d
 
 from codes.archs import build_network
-from codes.archs.arch_util import DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights
+from codes.archs.arch_util import (DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights,
+                                   modulated_deform_conv2d)
 from codes.archs.bsrt_arch import BSRT, convert_bsrt_checkpoint
 from codes.archs.swin_blocks import (BasicLayer, PatchEmbed, PatchUnEmbed, compute_shift_mask, relative_position_index,
                                      window_partition, window_reverse)
@@ -373,3 +375,24 @@ def test_gradient_checkpointing_matches() -> None:
         grads.append([p.grad.clone() for p in layer.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_dcn_survives_nan_and_huge_offsets() -> None:
+    """torchvision's CPU kernel segfaults on such offsets; a diverged step must show as NaN instead."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    weight = torch.randn(3, 4, 3, 3)
+    mask = torch.rand(1, 9, 6, 6)
+    far = torch.full((1, 18, 6, 6), 1e3)
+    huge = torch.full((1, 18, 6, 6), 1e30)
+    # every tap outside the image: only the bias is left, for any offset beyond the image
+    torch.testing.assert_close(modulated_deform_conv2d(x, huge, mask, weight, torch.ones(3)),
+                               modulated_deform_conv2d(x, far, mask, weight, torch.ones(3)))
+    nan = far.clone()
+    nan[0, 0, 2, 2] = float('nan')
+    out = modulated_deform_conv2d(x, nan, mask, weight, None)
+    assert torch.isnan(out).all()
+    out.sum().backward()  # the backward runs too
+    offset = torch.randn(1, 18, 6, 6)
+    ref = deform_conv2d(x, offset, weight, None, padding=1, mask=mask)
+    torch.testing.assert_close(modulated_deform_conv2d(x, offset, mask, weight, None), ref)
