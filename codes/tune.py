@@ -16,7 +16,9 @@ The option file is an ordinary training option file plus two blocks:
 
 Trials are counted per study, across workers and runs: ``--n-trials 20`` means "until the study holds 20 trials",
 so re-running resumes an interrupted study and several workers (``--storage postgresql://...``) share the work.
-Proposing a trial is serialised between workers (an advisory lock on PostgreSQL/MySQL, a file lock for SQLite), so
+Each trial trains in a child process of the worker
+(``tune.start_method``, default spawn), so even a native crash fails only that trial. Proposing a trial is
+serialised between workers (an advisory lock on PostgreSQL/MySQL, a file lock for SQLite), so
 the study ends with exactly the requested number of trials and no trial runs twice. Each trial trains in
 ``experiments/<study>/trial_<n>/`` (log, TensorBoard events, checkpoints, ``trial.yml``); a trial that fails
 (invalid sampled combination, non-finite loss, out of memory, any exception) is recorded as failed with its reason
@@ -30,7 +32,6 @@ import contextlib
 import copy
 import csv
 import fcntl
-import gc
 import hashlib
 import io
 import logging
@@ -66,7 +67,7 @@ TUNE_SCHEMA: dict[str, Any] = {
     'pruner': {'type': ('none', 'median', 'hyperband'), 'n_startup_trials': int, 'n_warmup_steps': int,
                'interval_steps': int, 'min_resource': int, 'reduction_factor': int},
     'heartbeat_interval': int, 'grace_period': int | None,
-    'enqueue': list[dict],
+    'enqueue': list[dict], 'start_method': ('spawn', 'forkserver', 'fork'),
 }
 _PRUNER_KEYS = {'none': (), 'median': ('n_startup_trials', 'n_warmup_steps', 'interval_steps'),
                 'hyperband': ('min_resource', 'reduction_factor')}
@@ -549,7 +550,9 @@ def _next_trial(study: Any, s: _Setup, lock_engine: Any, heartbeat: bool, first:
             # a seeded sampler per worker, offset by the trials so far: one worker is reproducible, and workers
             # that join a study do not propose the same points
             study.sampler = _make_sampler(s.cfg, len(trials))
-        return study.ask()
+        with warnings.catch_warnings():  # heartbeats are recorded by _heartbeat, not by Study.optimize
+            warnings.filterwarnings('ignore', message='Heartbeat of storage is supposed to be used')
+            return study.ask()
 
 
 class _Reporter:
@@ -578,11 +581,83 @@ class _Reporter:
         return False
 
 
-def _run_trial(trial: Any, s: _Setup, worker: str) -> tuple[Any, float | None, dict[str, Any]]:
-    """Train one trial; returns (Optuna state, value or None, user attributes)."""
+def _classify(exc: BaseException) -> str:
+    """The failure reason recorded for a trial's exception."""
     import torch
-    from optuna.trial import TrialState
+    if isinstance(exc, FloatingPointError):
+        return f'non-finite loss: {exc}'
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return f'out of memory: {exc}'.strip()
+    if isinstance(exc, OptionError):
+        return f'invalid sampled combination: {exc}'
+    return f'{type(exc).__name__}: {exc}'
+
+
+def _trial_child(root: str, trial_file: str, conn: Any) -> None:
+    """The trial's own process: train, send every validation to the worker and stop when it says so."""
     from codes.train import train_pipeline
+
+    def on_validation(current_iter: int, results: dict[str, dict[str, float]]) -> bool:
+        conn.send(('val', current_iter, results))
+        return bool(conn.recv())
+
+    try:
+        train_pipeline(root, ['-opt', trial_file], on_validation=on_validation)
+    except Exception as exc:
+        reason = _classify(exc)
+        # the logger still writes to the trial's own log: the traceback goes there
+        logging.getLogger('codes.train').exception('Trial failed: %s', reason)
+        conn.send(('error', reason))
+    else:
+        conn.send(('done',))
+    finally:
+        conn.close()
+
+
+def _run_child(s: _Setup, trial_file: Path, reporter: '_Reporter') -> str | None:
+    """Run the trial in a child process (a crash there, e.g. a segfault of a native kernel on NaN input or the
+    kernel's OOM killer, fails the trial, not the worker); relay its validations to ``reporter``. Returns the
+    failure reason, or None."""
+    import multiprocessing
+    import signal
+    ctx = multiprocessing.get_context(s.cfg.get('start_method', 'spawn'))
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_trial_child, args=(str(s.root), str(trial_file), child), name='tune-trial')
+    proc.start()
+    child.close()
+    outcome = None
+    try:
+        while outcome is None:
+            if not parent.poll(0.5):
+                if not proc.is_alive() and not parent.poll(0):
+                    break
+                continue
+            try:
+                msg = parent.recv()
+            except EOFError:
+                break
+            if msg[0] == 'val':
+                parent.send(bool(reporter(msg[1], msg[2])))
+            else:
+                outcome = msg
+        proc.join()
+    except BaseException:  # Ctrl-C or an error here: do not leave the trial running
+        proc.terminate()
+        proc.join()
+        raise
+    finally:
+        parent.close()
+    if outcome is None:
+        code = proc.exitcode
+        how = f'signal {signal.Signals(-code).name}' if code is not None and code < 0 else f'exit code {code}'
+        return (f'the trial process died ({how}) without a result: a native crash (e.g. a kernel given NaN/inf '
+                'input by a diverging run) or the out-of-memory killer; see the end of its log')
+    return outcome[1] if outcome[0] == 'error' else None
+
+
+def _run_trial(trial: Any, s: _Setup, worker: str) -> tuple[Any, float | None, dict[str, Any]]:
+    """Sample, validate and train one trial; returns (Optuna state, value or None, user attributes)."""
+    from optuna.trial import TrialState
     trial_dir = s.study_dir / f'trial_{trial.number}'
     trial_dir.mkdir(parents=True, exist_ok=True)
     attrs: dict[str, Any] = {'worker': worker, 'trial_dir': str(trial_dir)}
@@ -601,22 +676,7 @@ def _run_trial(trial: Any, s: _Setup, worker: str) -> tuple[Any, float | None, d
         return TrialState.FAIL, None, {**attrs, 'fail_reason': f'invalid sampled combination: {exc}'}
     reporter = _Reporter(trial, s.metric, s.dataset)
     t0 = time.time()
-    reason = None
-    try:
-        train_pipeline(s.root, ['-opt', str(trial_file)], on_validation=reporter)
-    except KeyboardInterrupt:
-        raise
-    except FloatingPointError as exc:
-        reason = f'non-finite loss: {exc}'
-    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-        reason = f'out of memory: {exc}'.strip()
-    except OptionError as exc:
-        reason = f'invalid sampled combination: {exc}'
-    except Exception as exc:
-        reason = f'{type(exc).__name__}: {exc}'
-    if reason is not None:  # the trial's log still receives this, with the traceback
-        logging.getLogger('codes.train').exception('Trial %d failed: %s', trial.number, reason)
-    _free_memory(torch)
+    reason = _run_child(s, trial_file, reporter)
     attrs['seconds'] = round(time.time() - t0, 1)
     if reporter.history:
         attrs['iterations'] = reporter.history[-1][0]
@@ -634,13 +694,6 @@ def _run_trial(trial: Any, s: _Setup, worker: str) -> tuple[Any, float | None, d
     better = max if s.direction == 'maximize' else min
     value = values[-1] if s.cfg.get('objective', 'last') == 'last' else better(values)
     return TrialState.COMPLETE, value, attrs
-
-
-def _free_memory(torch: Any) -> None:
-    """Release what a finished or failed trial left behind (cached GPU blocks after an OOM)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def trials_table(study: Any, params: list[SearchParam], metric: str) -> tuple[list[str], list[list[str]]]:
@@ -734,11 +787,10 @@ def tune_pipeline(root_path: str | Path, argv: list[str] | None = None) -> Any:
             with _heartbeat(storage, trial_id, interval):
                 try:
                     state, value, attrs = _run_trial(trial, s, worker)
-                except KeyboardInterrupt:
-                    study.tell(trial, state=TrialState.FAIL)
+                except BaseException:  # Ctrl-C, a lost database connection: record the trial as failed
+                    with contextlib.suppress(Exception):
+                        study.tell(trial, state=TrialState.FAIL)
                     raise
-                finally:
-                    setup_logging(log_file)  # the trial's training re-pointed the log at its own folder
                 for k, v in attrs.items():
                     trial.set_user_attr(k, v)
                 if state == TrialState.COMPLETE:
