@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,23 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, sample_data):
     with open(exp / 'trials.csv') as f:
         rows = list(csv.DictReader(f))
     assert [r['state'] for r in rows] == ['FAIL', 'FAIL', 'FAIL', 'COMPLETE'] and rows[1]['note']
+
+
+@pytest.mark.filterwarnings('ignore:Heartbeat of storage')
+def test_trial_of_a_dead_worker_is_failed_by_the_next_one(tmp_path, sample_data):
+    path = tune_file(tmp_path, sample_data, 'stale', {'train.optim_g.lr': [2e-3]},
+                     {'n_trials': 1, 'heartbeat_interval': 1, 'grace_period': 1})
+    assert tune_pipeline(ROOT, ['-opt', str(path), '--n-trials', '0']).get_trials() == []
+    url = f"sqlite:///{tmp_path / 'experiments' / 'stale' / 'study.db'}"
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.load_study(study_name='stale', storage=storage)
+    trial = study.ask()  # a worker takes a trial, beats once, then dies
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name('stale'), trial.number))
+    time.sleep(2.5)
+    study = tune_pipeline(ROOT, ['-opt', str(path)])
+    assert states(study) == {0: 'FAIL'}  # failed as stale; it counts toward n_trials, so nothing else ran
+    assert not (tmp_path / 'experiments' / 'stale' / 'trial_0').exists()
 
 
 def _run_workers(path: Path, storage: str | None, n_trials: int) -> list[str]:
