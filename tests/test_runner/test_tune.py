@@ -19,7 +19,7 @@ from codes.utils.options import OptionError, load_yaml, validate_options
 from tests.test_runner.tiny import tiny_options, write_options
 
 optuna = pytest.importorskip('optuna')
-from codes.tune import _run_child, parse_search_space, tune_pipeline  # noqa: E402
+from codes.tune import _classify, _make_pruner, _run_child, parse_search_space, tune_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +70,20 @@ def test_search_space_forms():
         parse_search_space({'train.optim_g.lr': {'choices': {'a': {}}}}, 'f.yml')
 
 
+@pytest.mark.parametrize('value,ok', [(0.25, True), (1.0, True), (3, True), (0.0, False), (1.5, False), (0, False),
+                                      ('half', False), (True, False)])
+def test_limit_batches_options(tmp_path, sample_data, value, ok):
+    opt = tiny_options(tmp_path, sample_data)
+    opt['train']['limit_train_batches'] = value
+    opt['val']['limit_val_batches'] = value
+    if ok:
+        checked = validate_options(opt, 'f.yml')
+        assert checked['train']['limit_train_batches'] == value and type(checked['val']['limit_val_batches']) is type(value)
+    else:
+        with pytest.raises(OptionError, match=r"f\.yml: option 'train\.limit_train_batches': expected a fraction"):
+            validate_options(opt, 'f.yml')
+
+
 @pytest.mark.parametrize('space,tune,match', [
     ({'train.optim_g.lrr': [1e-3]}, {}, r"option 'search_space\.train\.optim_g\.lrr'.*unknown key for Adam.*'lr'"),
     ({'network_g.mlp_ratios': [2, 4]}, {}, r"option 'search_space\.network_g\.mlp_ratios'.*unknown key for BSRT"),
@@ -100,6 +114,31 @@ def test_key_under_a_sampled_type_is_checked_against_every_type(tmp_path, sample
                                                      'train.optim_g.momentum_decay': [0.004]}, {'n_trials': 0})
     with pytest.raises(OptionError, match=r"search_space\.train\.optim_g\.momentum_decay'.*unknown key"):
         tune_pipeline(ROOT, ['-opt', str(bad)])
+
+
+@pytest.mark.parametrize('metric,better,direction,want', [('psnr', None, None, 'MAXIMIZE'),
+                                                            ('ssim', None, 'minimize', 'MINIMIZE'),
+                                                            ('ssim', 'lower', None, 'MINIMIZE')])
+def test_objective_metric_and_direction(tmp_path, sample_data, metric, better, direction, want):
+    tune = {'n_trials': 0, 'metric': metric, **({'direction': direction} if direction else {})}
+    path = tune_file(tmp_path, sample_data, 'dir', {'train.optim_g.lr': [1e-3]}, tune)
+    if better:
+        opt = load_yaml(path)
+        opt['val']['metrics'][metric]['better'] = better
+        write_options(path, opt)
+    assert tune_pipeline(ROOT, ['-opt', str(path)]).direction.name == want
+
+
+def test_pruners_and_failure_reasons():
+    import torch
+    hyperband = _make_pruner({'pruner': {'type': 'hyperband', 'min_resource': 2, 'reduction_factor': 2}}, 40)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 40
+    median = _make_pruner({'pruner': {'type': 'median', 'n_warmup_steps': 3}}, 40)
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert isinstance(_make_pruner({}, 40), optuna.pruners.NopPruner)
+    assert _classify(torch.cuda.OutOfMemoryError('CUDA out of memory.')).startswith('out of memory')
+    assert _classify(FloatingPointError('too many')).startswith('non-finite loss')
+    assert _classify(OptionError('a.b', 'bad')).startswith('invalid sampled combination')
 
 
 # ------------------------------------------------------------------------------------------ the trial process
