@@ -78,7 +78,8 @@ def test_limit_batches_options(tmp_path, sample_data, value, ok):
     opt['val']['limit_val_batches'] = value
     if ok:
         checked = validate_options(opt, 'f.yml')
-        assert checked['train']['limit_train_batches'] == value and type(checked['val']['limit_val_batches']) is type(value)
+        assert checked['train']['limit_train_batches'] == value
+        assert type(checked['val']['limit_val_batches']) is type(value)  # 1.0 stays a fraction, 3 a count
     else:
         with pytest.raises(OptionError, match=r"f\.yml: option 'train\.limit_train_batches': expected a fraction"):
             validate_options(opt, 'f.yml')
@@ -183,7 +184,8 @@ def test_three_trial_study_prunes_resumes_and_best_yml_trains(tmp_path, sample_d
     exp = tmp_path / 'experiments' / 'study3'
     trials = sorted(study.get_trials(), key=lambda t: t.number)
     assert [t.number for t in trials] == [0, 1, 2]
-    assert [t.state.name for t in trials[:2]] == ['COMPLETE', 'PRUNED'] and trials[2].state.name in ('COMPLETE', 'PRUNED')
+    assert [t.state.name for t in trials[:2]] == ['COMPLETE', 'PRUNED']
+    assert trials[2].state.name in ('COMPLETE', 'PRUNED')
     assert trials[1].user_attrs['pruned_at'] == 1 and trials[1].intermediate_values[1] < trials[0].value
     assert not (exp / 'trial_1' / 'models' / 'net_g_1.pth').exists()  # a pruned run stops without saving
     assert (exp / 'trial_0' / 'models' / 'net_g_1.pth').is_file()
@@ -225,7 +227,8 @@ def test_three_trial_study_prunes_resumes_and_best_yml_trains(tmp_path, sample_d
 def test_failing_trials_do_not_stop_the_study(tmp_path, sample_data):
     space = {'network_g.num_heads': [2, 5],  # embed_dim 12 is not divisible by 5 heads
              'train.optim_g.lr': [2e-3, 1e30],  # 1e30 diverges: non-finite loss
-             'train.scheduler.type': {'choices': {'MultiStepLR': {'milestones': [5]}, 'CosineAnnealingLR': {'T_max': 5}}},
+             'train.scheduler.type': {'choices': {'MultiStepLR': {'milestones': [5]},
+                                                  'CosineAnnealingLR': {'T_max': 5}}},
              'train.scheduler.gamma': [0.5]}  # valid for MultiStepLR only: an invalid combination with Cosine
     good = {'network_g.num_heads': 2, 'train.optim_g.lr': 2e-3, 'train.scheduler.type': 'MultiStepLR',
             'train.scheduler.gamma': 0.5}
