@@ -494,7 +494,8 @@ def _open_study(s: _Setup) -> tuple[Any, Any, Any, int]:
     try:
         backend = make_url(s.url).get_backend_name()
     except Exception as exc:
-        raise OptionError('tune.storage', f'not a database URL ({exc}): {s.url!r}', s.file) from None
+        raise OptionError('tune.storage', f'--storage / tune.storage is not a database URL ({exc}): {s.url!r}',
+                          s.file) from None
     if backend == 'sqlite':
         s.study_dir.mkdir(parents=True, exist_ok=True)
         database = make_url(s.url).database
@@ -505,9 +506,10 @@ def _open_study(s: _Setup) -> tuple[Any, Any, Any, int]:
         engine_kwargs = {'pool_pre_ping': True}
     interval = int(s.cfg.get('heartbeat_interval', 60))
     grace = s.cfg.get('grace_period')
-    lock_engine = None if backend == 'sqlite' else create_engine(s.url, poolclass=NullPool)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lock_engine = None
     try:
+        lock_engine = None if backend == 'sqlite' else create_engine(s.url, poolclass=NullPool)
         with _study_lock(s.url, s.study_name, lock_engine), warnings.catch_warnings():
             warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
@@ -519,8 +521,9 @@ def _open_study(s: _Setup) -> tuple[Any, Any, Any, int]:
     except OptionError:
         raise
     except Exception as exc:
-        raise OptionError('tune.storage', f'cannot open the study database {_display_url(s.url)}: '
-                          f'{type(exc).__name__}: {exc}', s.file) from None
+        raise OptionError('tune.storage', f'cannot open the study database {_display_url(s.url)} (--storage / '
+                          f'tune.storage): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}',
+                          s.file) from None
     if study.direction.name.lower() != s.direction:
         raise OptionError('tune.direction', f"study '{s.study_name}' in {_display_url(s.url)} was created to "
                           f'{study.direction.name.lower()}, this file asks to {s.direction}; use another '

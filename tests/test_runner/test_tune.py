@@ -106,6 +106,16 @@ def test_bad_search_space_or_tune_block_is_refused_up_front(tmp_path, sample_dat
     assert not (tmp_path / 'experiments' / 'bad').exists()  # refused before any database or training
 
 
+@pytest.mark.parametrize('url,match', [('not a url', 'is not a database URL'),
+                                       ('postgresql+psycopg2://me:secret@127.0.0.1:1/db',
+                                        r'cannot open the study database postgresql\+psycopg2://me:\*\*\*@127')])
+def test_unreachable_or_bad_storage_is_a_clear_error(tmp_path, sample_data, url, match):
+    path = tune_file(tmp_path, sample_data, 'store', {'train.optim_g.lr': [1e-3]}, {'n_trials': 1})
+    with pytest.raises(OptionError, match=rf"{path}: option 'tune.storage': .*{match}") as info:
+        tune_pipeline(ROOT, ['-opt', str(path), '--storage', url])
+    assert 'secret' not in str(info.value)
+
+
 def test_key_under_a_sampled_type_is_checked_against_every_type(tmp_path, sample_data):
     # amsgrad exists for Adam and AdamW; momentum_decay for neither
     ok = tune_file(tmp_path, sample_data, 'ok', {'train.optim_g.type': ['Adam', 'AdamW'],
