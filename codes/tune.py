@@ -48,7 +48,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from codes.utils.options import (LIMIT, OptionError, apply_overrides, load_yaml, validate_block,
+from codes.utils.options import (LIMIT, OptionError, apply_overrides, load_yaml, parse_value, validate_block,
                                  validate_options)
 from codes.utils.logger import setup_logging
 
@@ -391,10 +391,19 @@ class _Setup:
 def _prepare(root: Path, args: argparse.Namespace) -> _Setup:
     """Read, validate and resolve everything before any database or training work."""
     file = str(args.opt)
-    raw = apply_overrides(load_yaml(file), args.force_yml, file)
+    # search_space keys are key paths themselves: 'search_space.train.optim_g.lr={low: 1.0e-5, high: 1.0e-3}'
+    # sets the entry 'train.optim_g.lr'; every other override is applied as train.py applies it
+    space_overrides = [o for o in args.force_yml if o.startswith(('search_space.', 'search_space:')) and '=' in o]
+    raw = apply_overrides(load_yaml(file), [o for o in args.force_yml if o not in space_overrides], file)
     for block in ('search_space', 'tune'):
         if block not in raw:
             raise OptionError(block, f'a tune option file needs a {block} block (see the README)', file)
+    if space_overrides:
+        if not isinstance(raw['search_space'], dict):
+            raise OptionError('search_space', 'expected a mapping of option key paths', file)
+        for item in space_overrides:
+            key, text = item.split('=', 1)
+            raw['search_space'][key[len('search_space.'):].strip().replace(':', '.')] = parse_value(text)
     params = parse_search_space(raw.pop('search_space'), file)
     cfg = validate_block(raw.pop('tune') or {}, TUNE_SCHEMA, 'tune', file)
     if raw.get('prepare_sample_data'):

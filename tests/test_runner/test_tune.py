@@ -106,6 +106,21 @@ def test_bad_search_space_or_tune_block_is_refused_up_front(tmp_path, sample_dat
     assert not (tmp_path / 'experiments' / 'bad').exists()  # refused before any database or training
 
 
+def test_shipped_tune_file_is_valid(tmp_path, sample_data):
+    """options/tune_synthetic.yml passes every up-front check (data redirected to the session's sample data)."""
+    sets = [f'prepare_sample_data={sample_data}', f"datasets.train.dataroot={sample_data / 'zurich'}",
+            f"datasets.val.dataroot={sample_data / 'SyntheticBurstVal'}",
+            f"path.experiments_root={tmp_path / 'experiments' / 'tune_synthetic'}",
+            'search_space.train.optim_g.weight_decay=[0.0, 1.0e-4]']  # a search_space entry added from the CLI
+    study = tune_pipeline(ROOT, ['-opt', str(ROOT / 'options' / 'tune_synthetic.yml'), '--n-trials', '0',
+                                 '--force_yml', *sets])
+    assert study.study_name == 'tune_synthetic' and study.direction.name == 'MAXIMIZE'
+    assert (tmp_path / 'experiments' / 'tune_synthetic' / 'study.db').is_file()
+    with pytest.raises(OptionError, match=r"search_space\.train\.optim_g\.weight_decay'.*expected a number"):
+        tune_pipeline(ROOT, ['-opt', str(ROOT / 'options' / 'tune_synthetic.yml'), '--n-trials', '0',
+                             '--force_yml', *sets[:-1], 'search_space.train.optim_g.weight_decay=[none_of_these]'])
+
+
 @pytest.mark.parametrize('url,match', [('not a url', 'is not a database URL'),
                                        ('postgresql+psycopg2://me:secret@127.0.0.1:1/db',
                                         r'cannot open the study database postgresql\+psycopg2://me:\*\*\*@127')])
