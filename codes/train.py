@@ -10,7 +10,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,9 +21,13 @@ from codes.models import build_model
 from codes.utils import dist as du
 from codes.utils.checkpoint import find_resume_state, load_file
 from codes.utils.logger import append_jsonl, format_options, setup_logging
-from codes.utils.options import OptionError, dump_yaml, parse_options
+from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options
 
-__all__ = ['train_pipeline', 'set_random_seed']
+__all__ = ['train_pipeline', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
+
+#: ``callback(current_iter, results)`` with ``results`` = {val set name: mean metrics}; a true return value stops
+#: the training after this validation (no final checkpoint or validation follows).
+ValidationCallback = Callable[[int, dict[str, dict[str, float]]], bool]
 
 logger = logging.getLogger('codes.train')
 
@@ -47,6 +51,22 @@ def _prepare_experiment(opt: dict, resuming: bool) -> None:
         Path(path[key]).mkdir(parents=True, exist_ok=True)
 
 
+def limit_count(total: int, limit: int | float | None, where: str, file: str | None = None) -> int:
+    """How many of ``total`` batches (or samples) a ``limit_*_batches`` option keeps.
+
+    A float in (0, 1] is a fraction (at least one is kept), an int >= 1 a count (at most ``total``), None all.
+    """
+    try:
+        limit = check_limit(limit, where)
+    except OptionError as exc:
+        raise exc.with_file(file) if file else exc from None
+    if limit is None:
+        return total
+    if isinstance(limit, float):
+        return max(1, int(total * limit)) if total else 0
+    return min(total, limit)
+
+
 def _resume_state(opt: dict, auto_resume: bool) -> tuple[dict, Path] | None:
     explicit = opt['path'].get('resume_state')
     if explicit:
@@ -65,20 +85,27 @@ def _val_loaders(opt: dict, rank: int, world: int) -> dict[str, Any]:
     for phase, ds_opt in opt.get('datasets', {}).items():
         if phase.startswith('val'):
             ds = build_dataset(ds_opt, f'datasets.{phase}')
-            loaders[ds_opt['name']] = build_dataloader(ds, ds_opt, ShardSampler(len(ds), world, rank),
+            n = limit_count(len(ds), opt.get('val', {}).get('limit_val_batches'), 'val.limit_val_batches',
+                            opt.get('opt_file'))  # the first n samples (validation batches hold one sample)
+            loaders[ds_opt['name']] = build_dataloader(ds, ds_opt, ShardSampler(n, world, rank),
                                                        opt['manual_seed'], rank, train=False)
-            logger.info('Validation set %s: %d samples', ds_opt['name'], len(ds))
+            logger.info('Validation set %s: %d samples%s', ds_opt['name'], n,
+                        f' (of {len(ds)}, val.limit_val_batches)' if n != len(ds) else '')
     return loaders
 
 
-def validate(model: Any, loaders: dict, opt: dict, current_iter: int, tb: Any) -> None:
-    """Validate on every val set; rank 0 logs, writes TensorBoard scalars and a metrics.jsonl line per set."""
+def validate(model: Any, loaders: dict, opt: dict, current_iter: int, tb: Any) -> dict[str, dict[str, float]]:
+    """Validate on every val set; rank 0 logs, writes TensorBoard scalars and a metrics.jsonl line per set.
+
+    Returns {val set name: mean metrics} (the same on every rank).
+    """
     val = opt.get('val', {})
+    results = {}
     for name, loader in loaders.items():
         res = model.validation(loader, name, image_dir=Path(opt['path']['visualization']) / name,
                                max_images=val.get('max_save_img', 4) if val.get('save_img') else 0,
                                tb_writer=tb, current_iter=current_iter)
-        mean = res['mean']
+        mean = results[name] = res['mean']
         improved = model.update_best(name, mean, current_iter)
         if model.rank == 0:
             text = ', '.join(f'{k}: {v:.4f}' for k, v in mean.items() if k not in ('num_samples', 'seconds'))
@@ -91,6 +118,7 @@ def validate(model: Any, loaders: dict, opt: dict, current_iter: int, tb: Any) -
         first = next(iter(model.metrics), None)
         if first in mean:
             model.step_plateau(mean[first])
+    return results
 
 
 def _log_progress(model: Any, logs: dict[str, float], n: int, current_iter: int, total_iter: int, epoch: int,
@@ -115,19 +143,25 @@ def _log_progress(model: Any, logs: dict[str, float], n: int, current_iter: int,
         tb.add_scalar('train/bursts_per_s', bursts, current_iter)
 
 
-def train_pipeline(root_path: str | Path, argv: list[str] | None = None) -> Any:
-    """Run a training from the command line ``argv`` (default ``sys.argv[1:]``); returns the trained model."""
+def train_pipeline(root_path: str | Path, argv: list[str] | None = None,
+                   on_validation: ValidationCallback | None = None) -> Any:
+    """Run a training from the command line ``argv`` (default ``sys.argv[1:]``); returns the trained model.
+
+    ``on_validation(current_iter, results)`` is called after every validation (``results``: {val set name: mean
+    metrics}); when it returns true the run stops there, as a hyperparameter search prunes a trial. Under DDP it is
+    called on every rank with the same results and must return the same answer on each.
+    """
     opt, args = parse_options(root_path, is_train=True, argv=argv)
     dist_params = opt.get('dist_params', {})
     du.init_dist_from_env(dist_params.get('backend'), dist_params.get('timeout_minutes', 30.0))
     rank, world = du.get_dist_info()
     try:
-        return _train(opt, args, rank, world)
+        return _train(opt, args, rank, world, on_validation)
     finally:
         du.destroy_dist()
 
 
-def _train(opt: dict, args: Any, rank: int, world: int) -> Any:
+def _train(opt: dict, args: Any, rank: int, world: int, on_validation: ValidationCallback | None = None) -> Any:
     exp_root = Path(opt['path']['experiments_root'])
     if rank == 0:
         exp_root.mkdir(parents=True, exist_ok=True)
@@ -148,14 +182,16 @@ def _train(opt: dict, args: Any, rank: int, world: int) -> Any:
     train_set = build_dataset(train_opt, 'datasets.train')
     sampler = TrainSampler(len(train_set), world, rank, seed, train_opt.get('shuffle', True))
     train_loader = build_dataloader(train_set, train_opt, sampler, seed, rank, train=True)
-    iters_per_epoch = len(train_loader)
-    if iters_per_epoch == 0:
+    if len(train_loader) == 0:
         raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
                           opt['opt_file'])
+    iters_per_epoch = limit_count(len(train_loader), opt['train'].get('limit_train_batches'),
+                                  'train.limit_train_batches', opt['opt_file'])
     total_iter = opt['train']['total_iter']
-    logger.info('Training set: %d samples, %d iterations per epoch, %d iterations in all (%d epochs), '
-                'batch %d per rank x %d ranks', len(train_set), iters_per_epoch, total_iter,
-                -(-total_iter // iters_per_epoch), train_opt['batch_size_per_gpu'], world)
+    logger.info('Training set: %d samples, %d iterations per epoch%s, %d iterations in all (%d epochs), '
+                'batch %d per rank x %d ranks', len(train_set), iters_per_epoch,
+                f' (of {len(train_loader)}, train.limit_train_batches)' if iters_per_epoch != len(train_loader) else '',
+                total_iter, -(-total_iter // iters_per_epoch), train_opt['batch_size_per_gpu'], world)
     val_loaders = _val_loaders(opt, rank, world)
     model = build_model(opt)
 
@@ -179,8 +215,9 @@ def _train(opt: dict, args: Any, rank: int, world: int) -> Any:
     logs: dict[str, float] = {}
     n_logs, data_time = 0, 0.0
     last_saved = current_iter
+    stopped = False
     try:
-        while current_iter < total_iter:
+        while current_iter < total_iter and not stopped:
             epoch, within = divmod(current_iter, iters_per_epoch)
             sampler.set_epoch(epoch, within * train_opt['batch_size_per_gpu'])
             t_data = time.time()
@@ -203,14 +240,23 @@ def _train(opt: dict, args: Any, rank: int, world: int) -> Any:
                     model.save(current_iter, epoch)
                     last_saved = current_iter
                 if val_freq and current_iter % val_freq == 0 and val_loaders:
-                    validate(model, val_loaders, opt, current_iter, tb)
-                if current_iter >= total_iter:
-                    break
+                    results = validate(model, val_loaders, opt, current_iter, tb)
+                    if on_validation is not None and on_validation(current_iter, results):
+                        stopped = True
+                        break
+                if current_iter >= total_iter or current_iter % iters_per_epoch == 0:
+                    break  # the end of the run, or of an epoch shortened by train.limit_train_batches
                 t_data = time.time()
+        if stopped:
+            logger.info('Stopped at iteration %d by the validation callback, after %.1f s', current_iter,
+                        time.time() - t_start)
+            return model
         if last_saved != current_iter:
             model.save(current_iter, current_iter // iters_per_epoch)
         if val_loaders and not (val_freq and current_iter % val_freq == 0):
-            validate(model, val_loaders, opt, current_iter, tb)
+            results = validate(model, val_loaders, opt, current_iter, tb)
+            if on_validation is not None:
+                on_validation(current_iter, results)
         logger.info('Training finished at iteration %d in %.1f s', current_iter, time.time() - t_start)
         return model
     finally:

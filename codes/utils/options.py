@@ -21,8 +21,8 @@ import yaml
 
 from codes.utils.build import OptionError, check_kwargs, coerce_value
 
-__all__ = ['load_yaml', 'dump_yaml', 'apply_overrides', 'validate_options', 'normalize_options',
-           'parse_options', 'build_arg_parser', 'PRECISIONS', 'OptionError']
+__all__ = ['load_yaml', 'dump_yaml', 'apply_overrides', 'validate_options', 'validate_block', 'normalize_options',
+           'parse_options', 'build_arg_parser', 'check_limit', 'PRECISIONS', 'OptionError', 'SCHEMA']
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 DATASETS_README = 'datasets/README.md'
@@ -103,6 +103,7 @@ def apply_overrides(opt: dict, overrides: list[str], file: str | None = None) ->
 REQUIRED = object()
 TYPED_ARCH, TYPED_LOSS, TYPED_METRIC, TYPED_OPTIM, TYPED_SCHED = 'arch', 'loss', 'metric', 'optim', 'sched'
 DATASETS = 'datasets'
+LIMIT = 'limit'  # limit_*_batches: a fraction in (0, 1] (float) or a count >= 1 (int)
 
 SCHEMA: dict[str, Any] = {
     'name': (str, REQUIRED),
@@ -124,11 +125,11 @@ SCHEMA: dict[str, Any] = {
         'total_iter': int, 'optim_g': TYPED_OPTIM, 'scheduler': TYPED_SCHED, 'pixel_opt': TYPED_LOSS,
         'precision': PRECISIONS, 'ema_decay': float, 'grad_clip_norm': float | None,
         'freeze': {'patterns': list[str], 'iters': int},
-        'nan_skip_limit': int,
+        'nan_skip_limit': int, 'limit_train_batches': LIMIT,
     },
     'val': {
         'val_freq': int, 'save_img': bool, 'max_save_img': int, 'save_submission': bool, 'precision': PRECISIONS,
-        'metrics': {'*': TYPED_METRIC},
+        'metrics': {'*': TYPED_METRIC}, 'limit_val_batches': LIMIT,
         # RealBurstSRModel: how predictions are aligned to the BurstSR ground truth before scoring
         'alignment': {'flow_estimator': ('auto', 'pwcnet', 'dis'), 'pwcnet_path': str | None,
                       'dis_preset': ('ultrafast', 'fast', 'medium'), 'sr_factor': int},
@@ -142,6 +143,17 @@ SCHEMA: dict[str, Any] = {
 
 #: The argument each builder supplies itself (not from the option file).
 _SUPPLIED = {TYPED_OPTIM: ('params',), TYPED_SCHED: ('optimizer',)}
+
+
+def check_limit(value: Any, where: str) -> int | float | None:
+    """A ``limit_*_batches`` value: None, a float fraction in (0, 1] or an int count >= 1 (kept as given)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and 0.0 < value <= 1.0:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise OptionError(where, f'expected a fraction in (0, 1] (e.g. 0.25) or a count >= 1 (e.g. 10), got {value!r}')
 
 
 def _check_typed(kind: str, block: Any, where: str) -> dict:
@@ -218,6 +230,8 @@ def _validate(node: Any, schema: Any, where: str) -> Any:
         schema = schema[0]
     if schema in (TYPED_ARCH, TYPED_LOSS, TYPED_METRIC, TYPED_OPTIM, TYPED_SCHED):
         return _check_typed(schema, node, where)
+    if schema == LIMIT:
+        return check_limit(node, where)
     if schema == DATASETS:
         if not isinstance(node, Mapping):
             raise OptionError(where, 'expected a mapping of phase -> dataset block')
@@ -243,6 +257,15 @@ def _validate(node: Any, schema: Any, where: str) -> Any:
             raise OptionError(where, f'must be one of {", ".join(schema)}, got {node!r}')
         return node
     return coerce_value(node, schema, where)
+
+
+def validate_block(node: Any, schema: Mapping[str, Any], where: str, file: str | None = None) -> dict:
+    """Check one option block against a schema written in the notation of :data:`SCHEMA` (for tools that add
+    their own blocks, e.g. ``tune``); returns the converted copy or raises ``OptionError`` naming ``file``."""
+    try:
+        return _validate(node, dict(schema), where)
+    except OptionError as exc:
+        raise exc.with_file(file) if file and not exc.file else exc from None
 
 
 def validate_options(opt: Mapping[str, Any], file: str | None = None, is_train: bool = True) -> dict:
