@@ -13,7 +13,7 @@ import math
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from codes.archs import build_network
 from codes.losses import build_loss
+from codes.metrics import build_metric
 from codes.models.optim import build_optimizer, build_scheduler
 from codes.utils import dist as du
 from codes.utils.checkpoint import atomic_save, get_rng_states, load_network, set_rng_states
@@ -43,11 +44,15 @@ def select_device(opt: dict) -> torch.device:
 
 
 class BaseModel:
-    """Owns ``net_g`` (and ``net_g_ema``), its optimisation and its checkpoints.
+    """Owns ``net_g`` (and ``net_g_ema``), its optimisation, its checkpoints, the validation metrics
+    (``val.metrics``) and the sharded gathering of per-sample validation records.
 
     Args:
         opt: the whole normalised option tree (see ``codes.utils.options``).
     """
+
+    #: whether ``validation`` writes challenge submission files (test.py's default for ``val.save_submission``)
+    writes_submission = False
 
     def __init__(self, opt: dict) -> None:
         self.opt = opt
@@ -66,6 +71,11 @@ class BaseModel:
         self.eval_dtype = _DTYPES[opt.get('val', {}).get('precision', 'fp32')]
         self.best: dict[str, dict[str, Any]] = {}
         self.nan_skips = 0
+        metrics = opt.get('val', {}).get('metrics', {})
+        self.metrics: dict[str, Callable[..., float]] = {
+            name: build_metric(m, f'val.metrics.{name}') for name, m in metrics.items()}
+        self.better = {name: m.get('better', 'higher') for name, m in metrics.items()}
+        self._unavailable: set[str] = set()
         if self.is_train:
             self._init_training()
 
@@ -96,7 +106,7 @@ class BaseModel:
             find_unused = self.opt.get('find_unused_parameters', self.freeze_iters > 0)
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.net_g = DistributedDataParallel(self.net_g, device_ids=ids, find_unused_parameters=find_unused)
-        self.optimizer = build_optimizer(self.bare_net.parameters(), train['optim_g'])
+        self.optimizer = build_optimizer(self.optimizer_params(), train['optim_g'])
         self.scheduler = build_scheduler(self.optimizer, train['scheduler']) if train.get('scheduler') else None
         self.cri_pix = build_loss(train.get('pixel_opt', {'type': 'L1Loss'})).to(self.device)
         precision = train.get('precision', 'fp32')
@@ -104,6 +114,10 @@ class BaseModel:
         self.grad_clip_norm = train.get('grad_clip_norm')
         self.nan_skip_limit = int(train.get('nan_skip_limit', 100))
         logger.info('Training in %s on %s (world size %d)', precision, self.device, self.world_size)
+
+    def optimizer_params(self) -> Any:
+        """What the optimiser gets: all parameters of ``net_g`` (subclasses may return parameter groups)."""
+        return self.bare_net.parameters()
 
     @property
     def bare_net(self) -> nn.Module:
@@ -195,6 +209,37 @@ class BaseModel:
     def current_lr(self) -> list[float]:
         """The learning rate of every parameter group."""
         return [g['lr'] for g in self.optimizer.param_groups]
+
+    # --------------------------------------------------------------------------------------------- validation
+    def sample_index(self, local_count: int) -> int:
+        """The dataset index of this rank's ``local_count``-th sample under ``ShardSampler``."""
+        return self.rank + local_count * self.world_size
+
+    def _gather(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All ranks' records, each sample once, in dataset order."""
+        if self.world_size == 1:
+            return records
+        parts: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, records)
+        out = []
+        for j in range(max(len(p) for p in parts)):
+            out.extend(p[j] for p in parts if j < len(p))
+        return out
+
+    def update_best(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> list[str]:
+        """Track the best value of every metric; returns the names that improved."""
+        improved = []
+        best = self.best.setdefault(dataset_name, {})
+        for name, value in mean.items():
+            if name not in self.metrics or not math.isfinite(value):
+                continue
+            higher = self.better.get(name, 'higher') == 'higher'
+            old = best.get(name)
+            if old is None or (value > old['value'] if higher else value < old['value']):
+                best[name] = {'value': value, 'iter': current_iter}
+                improved.append(name)
+        return improved
+
 
     @property
     def eval_net(self) -> nn.Module:
