@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 from codes.data import camera_pipeline as cp
 from codes.utils.registry import DATASET_REGISTRY
-from codes.utils.safe_pickle import safe_load_pickle
+from codes.data.io_backend import check_io_backend, open_backend, to_bgr_uint8
+from codes.utils.safe_pickle import safe_load_pickle, safe_loads_pickle
 
 __all__ = ['FrameTransform', 'SyntheticBurst', 'random_crop', 'sample_burst_transforms', 'transform_matrix',
            'warp_affine_fixed_point', 'warp_affine', 'downsample_uint8', 'single_to_lr_burst', 'rgb_to_raw_burst',
@@ -309,15 +310,6 @@ def _natural_key(path: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', path)]
 
 
-def _check_io_backend(io_backend: dict | None) -> dict:
-    io_backend = dict(io_backend) if io_backend is not None else {'type': 'disk'}
-    kind = io_backend.get('type', 'disk')
-    if kind != 'disk':
-        raise ValueError(f"io_backend.type: only 'disk' is supported, got {kind!r} (LMDB is not available yet)")
-    io_backend['type'] = 'disk'
-    return io_backend
-
-
 def _to_collatable(value: Any) -> Any:
     """NumPy arrays -> tensors and NumPy scalars -> Python numbers, so ``default_collate`` can batch the meta."""
     if isinstance(value, np.ndarray):
@@ -331,6 +323,14 @@ def _to_collatable(value: Any) -> Any:
     return value
 
 
+def _check_uint16(image: np.ndarray, channels: int, where: str) -> Tensor:
+    """(C, H, W) float32 = (H, W, C) uint16 array / 2^14; ``where`` names the file or database key in errors."""
+    if image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != channels:
+        raise ValueError(f'{where}: expected a {channels}-channel uint16 PNG, got dtype {image.dtype} and shape '
+                         f'{image.shape}')
+    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) / 2 ** 14
+
+
 def _read_uint16_png(path: Path, channels: int) -> Tensor:
     """(C, H, W) float32 = uint16 PNG / 2^14, read with ``IMREAD_UNCHANGED`` (undoes OpenCV's on-disk BGR(A))."""
     if not path.is_file():
@@ -338,10 +338,13 @@ def _read_uint16_png(path: Path, channels: int) -> Tensor:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise OSError(f'cannot decode image: {path}')
-    if image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != channels:
-        raise ValueError(f'{path}: expected a {channels}-channel uint16 PNG, got dtype {image.dtype} and shape '
-                         f'{image.shape}')
-    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) / 2 ** 14
+    return _check_uint16(image, channels, str(path))
+
+
+def _meta_dict(meta: Any, where: str) -> dict:
+    if not isinstance(meta, dict):
+        raise ValueError(f'{where}: expected a dict, got {type(meta).__name__}')
+    return {str(k): _to_collatable(v) for k, v in meta.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -376,7 +379,10 @@ class SyntheticBurstDataset(Dataset):
         warp_backend: 'auto', 'opencv' or 'fixed_point' (see ``warp_affine``).
         seed: fixed base seed (see Randomness); None draws from the global generators.
         dataset_enlarge_ratio: ``len`` is the image count times this (one random crop per item).
-        io_backend: ``{'type': 'disk'}`` (the only backend so far).
+        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (see ``codes/data/io_backend.py``):
+            ``dataroot`` is then an ``images`` LMDB (``create_lmdb --format images``; or ``dataroot.lmdb`` beside
+            it) holding the same relative paths, from which the same images are selected; the decoded pixels are
+            those ``cv2.imread`` gives, so an item is the same burst from either backend.
     """
 
     def __init__(self, dataroot: str, burst_size: int = 14, crop_size: int = 256, phase: str = 'train',
@@ -404,7 +410,7 @@ class SyntheticBurstDataset(Dataset):
             raise ValueError(f'warp_backend must be one of {_WARP_BACKENDS}, got {warp_backend!r}')
         if dataset_enlarge_ratio < 1:
             raise ValueError(f'dataset_enlarge_ratio must be >= 1, got {dataset_enlarge_ratio}')
-        self.io_backend = _check_io_backend(io_backend)
+        self.io_backend = check_io_backend(io_backend)
         self.dataroot = str(dataroot)
         self.burst_size = burst_size
         self.crop_size = crop_size
@@ -419,7 +425,13 @@ class SyntheticBurstDataset(Dataset):
         self.warp_backend = warp_backend
         self.seed = seed if seed is not None or phase == 'train' else 0
         self.dataset_enlarge_ratio = dataset_enlarge_ratio
-        self.paths = self._find_images(Path(self.dataroot), phase)
+        self.backend = None
+        if self.io_backend['type'] == 'lmdb':
+            self.backend = open_backend(self.io_backend, self.dataroot, layout='images')
+            self.keys = self._find_keys(self.backend, phase)
+            self.paths = [self.backend.name(k) for k in self.keys]
+        else:
+            self.paths = self._find_images(Path(self.dataroot), phase)
 
     @staticmethod
     def _find_images(root: Path, phase: str) -> list[str]:
@@ -441,8 +453,31 @@ class SyntheticBurstDataset(Dataset):
                                     f'{"/".join(IMAGE_EXTENSIONS)} file); {_DATA_HINT}')
         return rel
 
+    @staticmethod
+    def _find_keys(backend: Any, phase: str) -> list[str]:
+        """The LMDB counterpart of ``_find_images``: ``{train|test}/canon/*.jpg`` keys if there are any, else all."""
+        def zurich(split: str) -> list[str]:
+            return [k for k in backend.keys(f'{split}/canon/') if '/' not in k[len(split) + 7:]
+                    and os.path.splitext(backend.name(k))[1].lower() in ('.jpg', '.jpeg')]
+        split = 'train' if phase == 'train' else 'test'
+        keys = zurich(split)
+        if not keys and phase != 'train' and zurich('train'):
+            raise FileNotFoundError(f'SyntheticBurstDataset: {backend.path!r} has the Zurich layout but no test/canon '
+                                    f"for phase {phase!r}; validate on SyntheticBurstValDataset instead; {_DATA_HINT}")
+        keys = keys or backend.keys()
+        if not keys:
+            raise FileNotFoundError(f'SyntheticBurstDataset: {backend.path!r} holds no images; {_DATA_HINT}')
+        return sorted(keys, key=_natural_key)
+
     def __len__(self) -> int:
         return len(self.paths) * self.dataset_enlarge_ratio
+
+    def _read(self, index: int) -> np.ndarray:
+        """(H, W, 3) uint8 in ``channel_order``, the same array from disk and from an LMDB."""
+        if self.backend is None:
+            return read_image(os.path.join(self.dataroot, self.paths[index]), self.channel_order)
+        image = to_bgr_uint8(self.backend.get(self.keys[index]))
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if self.channel_order == 'rgb' else image
 
     def _generators(self, index: int) -> tuple[random.Random, torch.Generator]:
         if self.seed is None:
@@ -456,7 +491,7 @@ class SyntheticBurstDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rel = self.paths[index % len(self.paths)]
-        image = read_image(os.path.join(self.dataroot, rel), self.channel_order)
+        image = self._read(index % len(self.paths))
         rng, generator = self._generators(index)
         image = torch.from_numpy(image).permute(2, 0, 1)  # (3, H, W) uint8
         crop = random_crop(image, self.crop_size + 2 * self.border_crop, rng)
@@ -468,7 +503,7 @@ class SyntheticBurstDataset(Dataset):
 
 @DATASET_REGISTRY.register()
 class SyntheticBurstValDataset(Dataset):
-    """The on-disk SyntheticBurstVal set (DBSR / NTIRE 2021 validation; spec §3).
+    """The SyntheticBurstVal set (DBSR / NTIRE 2021 validation; spec §3), from its folders or an LMDB of them.
 
     Layout under ``dataroot`` (or ``dataroot/val``, as BSRT uses): ``bursts/XXXX/im_raw_{00..13}.png`` (4-channel
     uint16, packed RGGB × 2^14), ``gt/XXXX/im_rgb.png`` (3-channel uint16, linear RGB × 2^14) and
@@ -479,44 +514,67 @@ class SyntheticBurstValDataset(Dataset):
     Each item is ``{'lq': (burst_size, 4, h, w), 'gt': (3, 8h, 8w), 'meta_info': dict, 'key': 'XXXX'}``.
 
     Args:
-        dataroot: the set's root (see above).
+        dataroot: the set's root (see above), or with ``io_backend.type`` lmdb a ``synburst_val`` LMDB
+            (``create_lmdb --format synburst_val``), whose keys are the relative paths above without extension;
+            a burst's frames, GT and meta are then read in one transaction.
         burst_size: use the first ``burst_size`` frames (frame 0 is the reference).
-        io_backend: ``{'type': 'disk'}`` (the only backend so far).
+        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (see ``codes/data/io_backend.py``).
     """
 
     def __init__(self, dataroot: str, burst_size: int = 14, io_backend: dict | None = None) -> None:
         super().__init__()
         if burst_size < 1:
             raise ValueError(f'burst_size must be >= 1, got {burst_size}')
-        self.io_backend = _check_io_backend(io_backend)
+        self.io_backend = check_io_backend(io_backend)
         self.dataroot = str(dataroot)
         self.burst_size = burst_size
-        root = Path(self.dataroot)
-        candidates = [root, root / 'val']
-        base = next((c for c in candidates if (c / 'bursts').is_dir()), None)
-        if base is None:
-            raise FileNotFoundError(f'SyntheticBurstValDataset: no bursts/ folder in {self.dataroot!r} or its val/; '
-                                    f'{_DATA_HINT}')
-        self.root = base
-        self.names = sorted((d.name for d in (base / 'bursts').iterdir() if d.is_dir()), key=_natural_key)
+        self.backend = None
+        if self.io_backend['type'] == 'lmdb':
+            self.backend = open_backend(self.io_backend, self.dataroot, layout='synburst_val')
+            self.root = Path(self.backend.path)
+            self.names = sorted((k.split('/')[1] for k in self.backend.keys('bursts/') if k.endswith('/im_raw_00')),
+                                key=_natural_key)
+            if not self.backend.record.get('has_gt', True):
+                raise FileNotFoundError(f'SyntheticBurstValDataset: {self.backend.path} was built from a set without '
+                                        'gt/; it cannot be used for validation')
+            where = f'{self.backend.path} [bursts/{self.names[0] if self.names else "?"}]'
+            num_frames = len(self.backend.keys(f'bursts/{self.names[0]}/im_raw_')) if self.names else 0
+        else:
+            root = Path(self.dataroot)
+            candidates = [root, root / 'val']
+            base = next((c for c in candidates if (c / 'bursts').is_dir()), None)
+            if base is None:
+                raise FileNotFoundError(f'SyntheticBurstValDataset: no bursts/ folder in {self.dataroot!r} or its '
+                                        f'val/; {_DATA_HINT}')
+            self.root = base
+            self.names = sorted((d.name for d in (base / 'bursts').iterdir() if d.is_dir()), key=_natural_key)
+            where = str(base / 'bursts' / self.names[0]) if self.names else ''
+            num_frames = len(list((base / 'bursts' / self.names[0]).glob('im_raw_*.png'))) if self.names else 0
         if not self.names:
-            raise FileNotFoundError(f'SyntheticBurstValDataset: {base / "bursts"} holds no burst folders; '
+            raise FileNotFoundError(f'SyntheticBurstValDataset: {self.root / "bursts"} holds no burst folders; '
                                     f'{_DATA_HINT}')
-        num_frames = len(list((base / 'bursts' / self.names[0]).glob('im_raw_*.png')))
         if burst_size > num_frames:
-            raise ValueError(f'burst_size={burst_size} exceeds the {num_frames} frames on disk in '
-                             f'{base / "bursts" / self.names[0]}')
+            raise ValueError(f'burst_size={burst_size} exceeds the {num_frames} frames on disk in {where}')
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name = self.names[index]
-        burst_dir = self.root / 'bursts' / name
-        burst = torch.stack([_read_uint16_png(burst_dir / f'im_raw_{i:02d}.png', 4) for i in range(self.burst_size)])
-        gt = _read_uint16_png(self.root / 'gt' / name / 'im_rgb.png', 3)
-        meta = safe_load_pickle(self.root / 'gt' / name / 'meta_info.pkl')
-        if not isinstance(meta, dict):
-            raise ValueError(f'{self.root / "gt" / name / "meta_info.pkl"}: expected a dict, got {type(meta).__name__}')
-        meta_info = {str(k): _to_collatable(v) for k, v in meta.items()}
-        return {'lq': burst, 'gt': gt, 'meta_info': meta_info, 'key': name}
+        if self.backend is not None:
+            keys = [f'bursts/{name}/im_raw_{i:02d}' for i in range(self.burst_size)]
+            keys += [f'gt/{name}/im_rgb', f'gt/{name}/meta_info']
+            values = self.backend.get_many(keys)  # one transaction for the whole sample
+            burst = torch.stack([_check_uint16(v, 4, self.backend.describe(k)) for k, v in zip(keys, values)
+                                 if k.startswith('bursts/')])
+            gt = _check_uint16(values[-2], 3, self.backend.describe(keys[-2]))
+            where = self.backend.describe(keys[-1])
+            meta = safe_loads_pickle(values[-1], source=where)
+        else:
+            burst_dir = self.root / 'bursts' / name
+            burst = torch.stack([_read_uint16_png(burst_dir / f'im_raw_{i:02d}.png', 4)
+                                 for i in range(self.burst_size)])
+            gt = _read_uint16_png(self.root / 'gt' / name / 'im_rgb.png', 3)
+            where = str(self.root / 'gt' / name / 'meta_info.pkl')
+            meta = safe_load_pickle(where)
+        return {'lq': burst, 'gt': gt, 'meta_info': _meta_dict(meta, where), 'key': name}

@@ -15,7 +15,7 @@ import os
 import pickle
 from typing import Any, Mapping
 
-__all__ = ['safe_load_pickle', 'SafeUnpickler', 'DEFAULT_ALLOWED']
+__all__ = ['safe_load_pickle', 'safe_loads_pickle', 'SafeUnpickler', 'DEFAULT_ALLOWED']
 
 
 def _load_storage_from_bytes(data: bytes) -> Any:
@@ -121,3 +121,11 @@ def safe_load_pickle(path: str | os.PathLike, extra_allowed: Mapping[str, Any] |
         allowed.update(extra_allowed)
     with open(path, 'rb') as f:
         return SafeUnpickler(f, allowed, source=path).load()
+
+
+def safe_loads_pickle(data: bytes, extra_allowed: Mapping[str, Any] | None = None, source: str = '<bytes>') -> Any:
+    """``safe_load_pickle`` for a pickle held in memory (an LMDB value); ``source`` names it in errors."""
+    allowed = dict(DEFAULT_ALLOWED)
+    if extra_allowed:
+        allowed.update(extra_allowed)
+    return SafeUnpickler(io.BytesIO(data), allowed, source=source).load()

@@ -223,7 +223,7 @@ def test_training_dataset_options(sample_data, tmp_path):
     shutil.copy(sample_data / 'zurich/train/canon/3.jpg', tmp_path / 'a.jpg')
     assert len(sb.SyntheticBurstDataset(str(tmp_path), crop_size=32)) == 1
     with pytest.raises(ValueError, match='io_backend.type'):
-        sb.SyntheticBurstDataset(root, io_backend={'type': 'lmdb'})
+        sb.SyntheticBurstDataset(root, io_backend={'type': 'ceph'})
     with pytest.raises(ValueError, match='crop_size'):
         sb.SyntheticBurstDataset(root, crop_size=60)
     with pytest.raises(FileNotFoundError, match='test/canon'):

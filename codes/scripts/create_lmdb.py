@@ -1,0 +1,525 @@
+"""Build an LMDB from a dataset folder, for fast loading (``io_backend: {type: lmdb}``).
+
+``python -m codes.scripts.create_lmdb --format FORMAT --input DIR --output OUT.lmdb [--compress-level L]
+[--resume | --overwrite] [--verify] [--batch N] [--workers N] [--map-size BYTES]``
+
+Formats (keys are paths relative to the input folder without the extension, ``/``-separated):
+
+* ``images``: every image under ``DIR`` (recursive; .png .jpg .jpeg .bmp .ppm .tif .tiff in either case): Zurich
+  RAW-to-RGB (``train/canon/0``), DIV2K, Flickr2K, ...
+* ``synburst_val``: the SyntheticBurstVal layout (``DIR`` or ``DIR/val`` holding ``bursts/`` and ``gt/``):
+  ``bursts/0000/im_raw_00`` ... ``im_raw_13``, ``gt/0000/im_rgb``, ``gt/0000/meta_info``.
+* ``burstsr``: the BurstSR layout, ``DIR`` holding ``train/``/``val/`` or one split's burst folders:
+  ``train/0000_0001/samsung_00/im_raw``, ``.../samsung_00/meta_info``, ``.../canon/im_raw``, ``.../canon/meta_info``.
+* ``paired``: LQ/GT folders for blind SR, ``DIR/GT`` (or ``HR``) and ``DIR/LQ`` (or ``LR``), or ``--input GT
+  --lq LQ``: keys ``gt/<k>`` and ``lq/<k>``, whose sets must match.
+
+Values are the arrays ``cv2.imread(IMREAD_UNCHANGED)`` returns (uint16 RAW and uint8 sRGB kept as they are), raw by
+default or as PNG bytes with ``--compress-level``; ``meta_info.pkl`` files are stored byte for byte. The
+database also holds a format record and per-key records (see ``codes/data/io_backend.py``); ``meta_info.txt``
+lists key, shape, compression, dtype and CRC-32. ``map_size`` is estimated from the data and doubled whenever LMDB
+reports ``MDB_MAP_FULL``; values are committed in batches, so an interrupted build keeps what it committed and
+``--resume`` skips it. An existing database is never touched without ``--resume`` or ``--overwrite``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import shutil
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import cv2
+import numpy as np
+
+from codes.data.io_backend import (FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, IMAGE_EXTENSIONS, LAYOUTS, META_PREFIX,
+                                   LmdbBackend, ValueInfo, format_meta_line, is_lmdb, key_from_name, natural_key)
+
+__all__ = ['Entry', 'BuildSummary', 'collect_entries', 'encode_entry', 'create_lmdb', 'verify_lmdb', 'main']
+
+logger = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 511 - len(META_PREFIX)  # LMDB's default maximum key size, less the meta prefix
+BATCH_BYTES = 256 * 1024 ** 2
+MAP_OVERHEAD = 64 * 1024 ** 2
+
+
+class Entry(NamedTuple):
+    """One value to store: its key, the source name recorded in meta_info, the file it comes from."""
+    key: str
+    name: str
+    path: str
+
+    @property
+    def is_pickle(self) -> bool:
+        return self.path.lower().endswith('.pkl')
+
+
+class BuildSummary(NamedTuple):
+    output: str
+    layout: str
+    num_keys: int
+    written: int
+    skipped: int
+    stored_bytes: int
+    raw_bytes: int
+    map_size: int
+    map_growths: int
+    seconds: float
+    verified: int | None
+
+
+class BuildError(ValueError):
+    """Bad input for a build (layout, duplicate keys, existing output, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------------- collecting
+class _Collector:
+    """Entries with unique keys (a duplicate names both files)."""
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.seen: dict[str, str] = {}
+
+    def add(self, key: str, name: str, path: Path | str) -> None:
+        if key == FORMAT_KEY or key.startswith(META_PREFIX):
+            raise BuildError(f'{path}: key {key!r} is reserved by the database format')
+        if len(key.encode('utf-8')) > MAX_KEY_BYTES:
+            raise BuildError(f'{path}: key {key!r} is longer than {MAX_KEY_BYTES} bytes')
+        if key in self.seen:
+            raise BuildError(f'duplicate key {key!r}: {self.seen[key]} and {path} (keys are relative paths without '
+                             'the extension; rename one of them)')
+        self.seen[key] = str(path)
+        self.entries.append(Entry(key, name, str(path)))
+
+
+def _image_files(root: Path) -> list[str]:
+    """Relative paths of the images under ``root`` (recursive, natural order, ``*.lmdb`` folders skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.endswith('.lmdb')]
+        for fn in filenames:
+            if os.path.splitext(fn)[1].lower() in IMAGE_EXTENSIONS:
+                out.append(os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, '/'))
+    return sorted(out, key=natural_key)
+
+
+def _collect_images(root: Path, col: _Collector, prefix: str = '') -> int:
+    files = _image_files(root)
+    for rel in files:
+        col.add(prefix + key_from_name(rel), prefix + rel, root / rel)
+    return len(files)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise BuildError(f'layout error: {path} is missing')
+    return path
+
+
+def _collect_synburst_val(root: Path, col: _Collector) -> dict:
+    base = next((b for b in (root, root / 'val') if (b / 'bursts').is_dir()), None)
+    if base is None:
+        raise BuildError(f'{root}: not the SyntheticBurstVal layout (no bursts/ folder in it or in its val/)')
+    bursts = _subdirs(base / 'bursts')
+    if not bursts:
+        raise BuildError(f'{base / "bursts"}: no burst folders')
+    has_gt = (base / 'gt').is_dir()
+    num_frames = None
+    for burst in bursts:
+        frames = sorted(burst.glob('im_raw_*.png'), key=lambda p: natural_key(p.name))
+        if not frames:
+            raise BuildError(f'layout error: {burst} holds no im_raw_XX.png frames')
+        if num_frames is not None and len(frames) != num_frames:
+            raise BuildError(f'layout error: {burst} has {len(frames)} frames, {bursts[0]} has {num_frames}')
+        num_frames = len(frames)
+        for f in frames:
+            col.add(f'bursts/{burst.name}/{f.stem}', f'bursts/{burst.name}/{f.name}', f)
+        if has_gt:
+            gt = base / 'gt' / burst.name
+            col.add(f'gt/{burst.name}/im_rgb', f'gt/{burst.name}/im_rgb.png', _require(gt / 'im_rgb.png'))
+            col.add(f'gt/{burst.name}/meta_info', f'gt/{burst.name}/meta_info.pkl', _require(gt / 'meta_info.pkl'))
+    return {'num_samples': len(bursts), 'num_frames': num_frames, 'has_gt': has_gt,
+            'root': os.path.relpath(base, root).replace(os.sep, '/')}
+
+
+def _is_burstsr_burst(path: Path) -> bool:
+    return (path / 'samsung_00').is_dir()
+
+
+def _collect_burstsr(root: Path, col: _Collector) -> dict:
+    if not root.is_dir():
+        raise BuildError(f'{root}: not a folder')
+    children = _subdirs(root)
+    if any(_is_burstsr_burst(c) for c in children):
+        groups = [('', root)]
+    else:
+        groups = [(c.name + '/', c) for c in children if any(_is_burstsr_burst(b) for b in _subdirs(c))]
+    if not groups:
+        raise BuildError(f'{root}: not the BurstSR layout (no SSSS_CCCC/samsung_00 folders in it or in its '
+                         'train/ or val/)')
+    has_canon = None
+    count = 0
+    for prefix, split in groups:
+        for burst in _subdirs(split):
+            if not _is_burstsr_burst(burst):
+                logger.warning('%s: no samsung_00 folder, skipped', burst)
+                continue
+            frames = sorted((d for d in burst.iterdir() if d.is_dir() and d.name.startswith('samsung_')),
+                            key=lambda p: natural_key(p.name))
+            for frame in frames:
+                rel = f'{prefix}{burst.name}/{frame.name}'
+                col.add(f'{rel}/im_raw', f'{rel}/im_raw.png', _require(frame / 'im_raw.png'))
+                col.add(f'{rel}/meta_info', f'{rel}/meta_info.pkl', _require(frame / 'meta_info.pkl'))
+            canon = (burst / 'canon').is_dir()
+            if has_canon is not None and canon != has_canon:
+                raise BuildError(f'layout error: {burst} {"has" if canon else "lacks"} a canon/ folder, unlike the '
+                                 'bursts before it')
+            has_canon = canon
+            if canon:
+                rel = f'{prefix}{burst.name}/canon'
+                col.add(f'{rel}/im_raw', f'{rel}/im_raw.png', _require(burst / 'canon' / 'im_raw.png'))
+                col.add(f'{rel}/meta_info', f'{rel}/meta_info.pkl', _require(burst / 'canon' / 'meta_info.pkl'))
+            count += 1
+    return {'num_samples': count, 'splits': [p.rstrip('/') for p, _ in groups if p], 'has_gt': bool(has_canon)}
+
+
+def _find_sub(root: Path, names: Sequence[str]) -> Path | None:
+    for name in names:
+        for cand in (name, name.lower()):
+            if (root / cand).is_dir():
+                return root / cand
+    return None
+
+
+def _collect_paired(root: Path, lq: Path | None, col: _Collector) -> dict:
+    if lq is None:
+        gt, lq = _find_sub(root, ('GT', 'HR')), _find_sub(root, ('LQ', 'LR'))
+        if gt is None or lq is None:
+            raise BuildError(f'{root}: the paired format needs GT/ (or HR/) and LQ/ (or LR/) subfolders, or '
+                             '--input GT_DIR --lq LQ_DIR')
+    else:
+        gt = root
+    if not lq.is_dir():
+        raise BuildError(f'LQ folder not found: {lq}')
+    n_gt = _collect_images(gt, col, 'gt/')
+    n_lq = _collect_images(lq, col, 'lq/')
+    keys_gt = {e.key[3:] for e in col.entries if e.key.startswith('gt/')}
+    keys_lq = {e.key[3:] for e in col.entries if e.key.startswith('lq/')}
+    if keys_gt != keys_lq:
+        only_gt, only_lq = sorted(keys_gt - keys_lq, key=natural_key), sorted(keys_lq - keys_gt, key=natural_key)
+        raise BuildError(f'GT {gt} and LQ {lq} do not pair by key: {len(only_gt)} only in GT {only_gt[:5]}, '
+                         f'{len(only_lq)} only in LQ {only_lq[:5]}')
+    if not n_gt:
+        raise BuildError(f'{gt}: no images')
+    return {'num_samples': n_gt, 'gt_dir': str(gt), 'lq_dir': str(lq), 'num_lq': n_lq}
+
+
+def collect_entries(fmt: str, input_dir: str | os.PathLike, lq_dir: str | os.PathLike | None = None
+                    ) -> tuple[list[Entry], dict]:
+    """The entries of a build and the layout facts for the format record.
+
+    Raises:
+        BuildError: unknown format, layout error, duplicate or reserved keys, unpaired GT/LQ.
+    """
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise BuildError(f'input folder not found: {root}')
+    if lq_dir is not None and fmt != 'paired':
+        raise BuildError('--lq only applies to --format paired')
+    col = _Collector()
+    if fmt == 'images':
+        if not _collect_images(root, col):
+            raise BuildError(f'{root}: no images ({"/".join(IMAGE_EXTENSIONS)})')
+        facts: dict = {'num_samples': len(col.entries)}
+    elif fmt == 'synburst_val':
+        facts = _collect_synburst_val(root, col)
+    elif fmt == 'burstsr':
+        facts = _collect_burstsr(root, col)
+    elif fmt == 'paired':
+        facts = _collect_paired(root, Path(lq_dir) if lq_dir is not None else None, col)
+    else:
+        raise BuildError(f'unknown format {fmt!r}; one of {", ".join(LAYOUTS)}')
+    return col.entries, facts
+
+
+# ---------------------------------------------------------------------------------------------------- encoding
+def encode_entry(entry: Entry, compress_level: int | None) -> tuple[bytes, ValueInfo]:
+    """Read one source file (one read) and return the value to store and its meta_info entry."""
+    data = Path(entry.path).read_bytes()
+    if entry.is_pickle:
+        return data, ValueInfo(entry.name, (len(data),), None, 'bytes', zlib.crc32(data))
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if array is None:
+        raise BuildError(f'cannot decode image: {entry.path}')
+    if compress_level is None:
+        value = np.ascontiguousarray(array).tobytes()
+    else:
+        try:
+            ok, buf = cv2.imencode('.png', array, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+        except cv2.error as exc:
+            raise BuildError(f'{entry.path}: cannot PNG-encode a {array.dtype} {array.shape} image ({exc}); build '
+                             'without --compress-level') from None
+        if not ok:
+            raise BuildError(f'{entry.path}: cannot PNG-encode a {array.dtype} {array.shape} image')
+        value = buf.tobytes()
+    return value, ValueInfo(entry.name, tuple(array.shape), compress_level, array.dtype.name, zlib.crc32(value))
+
+
+def _estimate_map_size(entries: Sequence[Entry], compress_level: int | None) -> int:
+    """Sum of file sizes × the stored/file ratio of up to 16 evenly spread samples, × 1.5, plus page overhead."""
+    if not entries:
+        return MAP_OVERHEAD
+    sizes = [os.path.getsize(e.path) for e in entries]
+    step = max(1, len(entries) // 16)
+    sample = list(range(0, len(entries), step))[:16]
+    stored = sum(len(encode_entry(entries[i], compress_level)[0]) for i in sample)
+    ratio = stored / max(1, sum(sizes[i] for i in sample))
+    return int(sum(sizes) * ratio * 1.5) + 2 * 4096 * len(entries) + MAP_OVERHEAD
+
+
+# ---------------------------------------------------------------------------------------------------- building
+def _read_existing(env: object, output: str) -> tuple[dict | None, dict[str, str]]:
+    """The format record (unchecked) and the meta lines already in a database (for --resume)."""
+    with env.begin() as txn:  # type: ignore[attr-defined]
+        raw = txn.get(FORMAT_KEY.encode())
+        record = None
+        if raw is not None:
+            try:
+                record = json.loads(bytes(raw).decode('utf-8'))
+            except ValueError:
+                raise BuildError(f'{output}: its {FORMAT_KEY!r} record is not JSON; use --overwrite') from None
+        lines: dict[str, str] = {}
+        cursor = txn.cursor()
+        prefix = META_PREFIX.encode()
+        if cursor.set_range(prefix):
+            for k, v in cursor:
+                if not k.startswith(prefix):
+                    break
+                lines[k[len(prefix):].decode('utf-8')] = bytes(v).decode('utf-8')
+    return record, lines
+
+
+def _prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
+    if output.suffix != '.lmdb':
+        raise BuildError(f'--output must end in .lmdb, got {output}')
+    if resume and overwrite:
+        raise BuildError('--resume and --overwrite exclude each other')
+    if not output.exists():
+        if resume:
+            raise BuildError(f'--resume: {output} does not exist')
+        return
+    if resume:
+        if not is_lmdb(output):
+            raise BuildError(f'--resume: {output} is not an LMDB (no data.mdb)')
+        return
+    if not overwrite:
+        raise BuildError(f'{output} already exists; pass --resume to continue an interrupted build or --overwrite '
+                         'to replace it')
+    if not output.is_dir() or (any(output.iterdir()) and not is_lmdb(output)):
+        raise BuildError(f'--overwrite: {output} is not an LMDB folder (no data.mdb); refusing to delete it')
+    shutil.rmtree(output)
+
+
+def _write_batch(env: object, batch: list[tuple[Entry, bytes, ValueInfo]]) -> None:
+    with env.begin(write=True) as txn:  # type: ignore[attr-defined]
+        for entry, value, info in batch:
+            key = entry.key.encode('utf-8')
+            txn.put(key, value)
+            txn.put(META_PREFIX.encode() + key, format_meta_line(info).encode('utf-8'))
+
+
+def _put_record(env: object, record: dict) -> None:
+    with env.begin(write=True) as txn:  # type: ignore[attr-defined]
+        txn.put(FORMAT_KEY.encode(), json.dumps(record, sort_keys=True).encode('utf-8'))
+
+
+def create_lmdb(fmt: str, input_dir: str | os.PathLike, output: str | os.PathLike,
+                lq_dir: str | os.PathLike | None = None, compress_level: int | None = None, batch: int = 1000,
+                resume: bool = False, overwrite: bool = False, verify: bool = False, workers: int = 1,
+                map_size: int | None = None, progress: bool = True,
+                log: Callable[[str], None] = print) -> BuildSummary:
+    """Build (or resume) the LMDB ``output`` from ``input_dir`` in format ``fmt`` (see the module docstring).
+
+    Args:
+        compress_level: None stores raw arrays; 0-9 stores PNG bytes at that zlib level.
+        batch: values per write transaction (also committed every 256 MB).
+        workers: threads that read and encode files.
+        map_size: initial map size in bytes (default: estimated from the data); grown on MDB_MAP_FULL.
+
+    Raises:
+        BuildError: bad input, an existing output without ``resume``/``overwrite``, a resume with other settings.
+    """
+    import lmdb
+    from tqdm import tqdm
+    start = time.perf_counter()
+    if compress_level is not None and not 0 <= compress_level <= 9:
+        raise BuildError(f'--compress-level must be 0-9, got {compress_level}')
+    if batch < 1 or workers < 1:
+        raise BuildError('--batch and --workers must be >= 1')
+    output = Path(output)
+    entries, facts = collect_entries(fmt, input_dir, lq_dir)
+    _prepare_output(output, resume, overwrite)
+    existing_size = (output / 'data.mdb').stat().st_size if is_lmdb(output) else 0
+    size = map_size or max(existing_size + _estimate_map_size(entries, compress_level), existing_size)
+    env = lmdb.open(str(output), map_size=size, subdir=True, meminit=False, max_dbs=0)
+    growths = written = stored = raw = 0
+    try:
+        record, lines = _read_existing(env, str(output))
+        if resume:
+            if (record is None and lines) or (record is not None and record.get('format') != FORMAT_NAME):
+                raise BuildError(f'--resume: {output} was not written by create_lmdb (no {FORMAT_NAME} record)')
+            for name, want in (('layout', fmt), ('compress_level', compress_level)):
+                if record is not None and record.get(name) != want:
+                    raise BuildError(f'--resume: {output} has {name} {record.get(name)!r}, this build {want!r}; use '
+                                     'the same arguments, or --overwrite')
+            stale = sorted(set(lines) - {e.key for e in entries}, key=natural_key)
+            if stale:
+                raise BuildError(f'--resume: {output} holds {len(stale)} keys the input no longer has (e.g. '
+                                 f'{stale[:3]}); use --overwrite')
+        record = {'format': FORMAT_NAME, 'version': FORMAT_VERSION, 'layout': fmt, 'compress_level': compress_level,
+                  'complete': False, 'source': str(Path(input_dir).resolve()), 'tool': 'codes.scripts.create_lmdb',
+                  **facts}
+        _put_record(env, record)
+        pending = [e for e in entries if e.key not in lines]
+        bar = tqdm(total=len(entries), initial=len(entries) - len(pending), unit='val', desc=output.name,
+                   disable=not progress, dynamic_ncols=True)
+        pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        try:
+            for lo in range(0, len(pending), batch):
+                chunk = pending[lo:lo + batch]
+                if pool is not None:
+                    encoded = list(pool.map(lambda e: encode_entry(e, compress_level), chunk))
+                else:
+                    encoded = [encode_entry(e, compress_level) for e in chunk]
+                # split by bytes, so one transaction never holds more than BATCH_BYTES
+                group: list[tuple[Entry, bytes, ValueInfo]] = []
+                group_bytes = 0
+                for entry, (value, info) in zip(chunk, encoded):
+                    group.append((entry, value, info))
+                    group_bytes += len(value)
+                    lines[entry.key] = format_meta_line(info)
+                    stored += len(value)
+                    raw += info.nbytes
+                    if group_bytes >= BATCH_BYTES or entry is chunk[-1]:
+                        while True:
+                            try:
+                                _write_batch(env, group)
+                                break
+                            except lmdb.MapFullError:
+                                size = max(2 * size, size + 2 * group_bytes)
+                                env.set_mapsize(size)
+                                growths += 1
+                                logger.info('%s: MDB_MAP_FULL, map_size grown to %d bytes', output, size)
+                        written += len(group)
+                        bar.update(len(group))
+                        group, group_bytes = [], 0
+        finally:
+            if pool is not None:
+                pool.shutdown()
+            bar.close()
+        text = ''.join(lines[e.key] + '\n' for e in entries).encode('utf-8')
+        tmp = output / 'meta_info.txt.tmp'
+        tmp.write_bytes(text)
+        os.replace(tmp, output / 'meta_info.txt')
+        record.update(complete=True, num_keys=len(entries), meta_crc=zlib.crc32(text),
+                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+        while True:
+            try:
+                _put_record(env, record)
+                break
+            except lmdb.MapFullError:
+                size *= 2
+                env.set_mapsize(size)
+                growths += 1
+        size = env.info()['map_size']
+    finally:
+        env.close()
+    verified = None
+    if verify:
+        verified = verify_lmdb(output, entries, progress=progress)
+    summary = BuildSummary(str(output), fmt, len(entries), written, len(entries) - written, stored, raw, size,
+                           growths, time.perf_counter() - start, verified)
+    mb = 1024 ** 2
+    log(f'{output}: {summary.num_keys} keys ({facts.get("num_samples")} samples, layout {fmt}), {written} written, '
+        f'{summary.skipped} already present; {stored / mb:.1f} MB stored '
+        f'({"raw" if compress_level is None else f"PNG level {compress_level}"}; {raw / mb:.1f} MB as arrays) in '
+        f'{summary.seconds:.1f} s; map_size {size / mb:.0f} MB ({growths} growths)'
+        + (f'; verified {verified} keys against the source' if verified is not None else ''))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------- verify
+def verify_lmdb(output: str | os.PathLike, entries: Sequence[Entry], progress: bool = True) -> int:
+    """Re-read every key through the reader and compare it with its source file (arrays exactly, pickles byte
+    for byte); returns the number of keys checked.
+
+    Raises:
+        BuildError: listing the keys that differ (or are missing).
+    """
+    from tqdm import tqdm
+    backend = LmdbBackend(output)
+    bad: list[str] = []
+    try:
+        for entry in tqdm(entries, desc=f'verify {Path(output).name}', unit='val', disable=not progress):
+            try:
+                value = backend.get(entry.key)
+            except (KeyError, ValueError) as exc:
+                bad.append(f'{entry.key}: {exc}')
+                continue
+            if entry.is_pickle:
+                same = value == Path(entry.path).read_bytes()
+            else:
+                source = cv2.imread(entry.path, cv2.IMREAD_UNCHANGED)
+                same = (isinstance(value, np.ndarray) and source is not None and value.dtype == source.dtype
+                        and value.shape == source.shape and np.array_equal(value, source))
+            if not same:
+                bad.append(f'{entry.key}: differs from {entry.path}')
+    finally:
+        backend.close()
+    if bad:
+        raise BuildError(f'--verify: {len(bad)} of {len(entries)} keys of {output} do not match the source:\n  '
+                         + '\n  '.join(bad[:20]))
+    return len(entries)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--format', required=True, choices=LAYOUTS, help='input layout')
+    parser.add_argument('--input', required=True, help='dataset folder (for paired: holding GT/ and LQ/, or the GT '
+                        'folder with --lq)')
+    parser.add_argument('--output', required=True, help='the LMDB folder to write (must end in .lmdb)')
+    parser.add_argument('--lq', default=None, help='paired only: the LQ folder (then --input is the GT folder)')
+    parser.add_argument('--compress-level', type=int, default=None,
+                        help='store PNG bytes at this zlib level 0-9 (default: raw arrays)')
+    parser.add_argument('--resume', action='store_true', help='continue an interrupted build (skip existing keys)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing database')
+    parser.add_argument('--verify', action='store_true', help='re-read every key and compare it with the source')
+    parser.add_argument('--batch', type=int, default=1000, help='values per commit (default 1000)')
+    parser.add_argument('--workers', type=int, default=1, help='threads reading and encoding files (default 1)')
+    parser.add_argument('--map-size', type=int, default=None, help='initial map size in bytes (default: estimated; '
+                        'grown automatically)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        create_lmdb(args.format, args.input, args.output, lq_dir=args.lq, compress_level=args.compress_level,
+                    batch=args.batch, resume=args.resume, overwrite=args.overwrite, verify=args.verify,
+                    workers=args.workers, map_size=args.map_size, progress=not args.quiet)
+    except BuildError as exc:
+        parser.exit(1, f'create_lmdb: error: {exc}\n')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
