@@ -199,14 +199,17 @@ def degrade(hr: Tensor, kernels: Tensor, scale: int, noise_std: Tensor | float |
         hr: (B, C, H, W) in [0, 1], H and W multiples of ``scale``.
         kernels: (B, l, l) float kernels.
         noise_std: None/0 for no noise, a float, or a (B,) tensor of per-sample standard deviations (on the
-            [0, 1] scale); noisy images are clamped to [0, 1] before rounding, as upstream.
+            [0, 1] scale); noisy images are clamped to [0, 1] before rounding, as upstream (samples with
+            standard deviation 0 are left unclamped).
         generator: torch generator of the noise.
     """
     lq_blur = imresize(blur(hr, kernels), 1.0 / scale)
     lq_clean = imresize(hr, 1.0 / scale)
     lq = lq_blur
-    if noise_std is not None and (not isinstance(noise_std, (int, float)) or noise_std > 0):
+    if noise_std is not None:
         std = torch.as_tensor(noise_std, dtype=lq.dtype, device=lq.device).reshape(-1, 1, 1, 1)
-        noise = torch.randn(lq.shape, generator=generator, dtype=lq.dtype, device='cpu').to(lq.device)
-        lq = torch.clamp(lq + std * noise, 0, 1)
+        if bool((std > 0).any()):
+            dev = generator.device if generator is not None else lq.device
+            noise = torch.randn(lq.shape, generator=generator, dtype=lq.dtype, device=dev).to(lq.device)
+            lq = torch.where(std > 0, torch.clamp(lq + std * noise, 0, 1), lq)  # noiseless samples keep overshoot
     return Degraded(quantize(lq), lq_blur, lq_clean, kernels)
