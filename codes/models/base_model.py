@@ -113,6 +113,15 @@ class BaseModel:
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == 'fp16' else None
         self.grad_clip_norm = train.get('grad_clip_norm')
         self.nan_skip_limit = int(train.get('nan_skip_limit', 100))
+        guard = train.get('divergence_guard') or {}
+        self.guard_metric: str | None = guard.get('metric')
+        self.guard_max_drop = float(guard.get('max_drop', 3.0))
+        self.guard_lr_factor = float(guard.get('lr_factor', 0.5))
+        if self.guard_metric is not None and self.guard_metric not in self.metrics:
+            raise ValueError(f"train.divergence_guard.metric: '{self.guard_metric}' is not one of val.metrics "
+                             f"({', '.join(self.metrics) or 'none'})")
+        self._snapshot: dict[str, Any] | None = None
+        self.rollbacks = 0
         logger.info('Training in %s on %s (world size %d)', precision, self.device, self.world_size)
 
     def optimizer_params(self) -> Any:
@@ -241,6 +250,47 @@ class BaseModel:
         return improved
 
 
+    def guard_divergence(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> bool:
+        """The divergence guard (``train.divergence_guard``), called after each validation and ``update_best``.
+
+        When ``metric`` is non-finite or worse than its best by more than ``max_drop``, the weights, EMA, optimiser
+        and scaler state of the last good validation are restored (the scheduler keeps its place), every learning
+        rate is multiplied by ``lr_factor``, and True is returned. Otherwise the current state becomes the last good
+        one (a CPU copy). All ranks see the same gathered metrics, so they decide alike.
+        """
+        metric = getattr(self, 'guard_metric', None)
+        if not metric or metric not in mean:
+            return False
+        value, best = mean[metric], self.best.get(dataset_name, {}).get(metric)
+        higher = self.better.get(metric, 'higher') == 'higher'
+        gap = 0.0 if best is None else (best['value'] - value if higher else value - best['value'])
+        if math.isfinite(value) and gap <= self.guard_max_drop:
+            self._snapshot = _to_cpu({
+                'net': self.bare_net.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                'ema': self.net_g_ema.state_dict() if self.net_g_ema is not None else None,
+                'scaler': self.scaler.state_dict() if self.scaler is not None else None, 'iter': current_iter})
+            return False
+        if self._snapshot is None:
+            logger.warning('Divergence guard: %s %s = %s at iteration %d, but there is no earlier good state',
+                           dataset_name, metric, value, current_iter)
+            return False
+        snap = self._snapshot
+        lrs = [g['lr'] * self.guard_lr_factor for g in self.optimizer.param_groups]
+        self.bare_net.load_state_dict(snap['net'])
+        self.optimizer.load_state_dict(snap['optimizer'])
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g['lr'] = lr
+        if self.net_g_ema is not None and snap['ema'] is not None:
+            self.net_g_ema.load_state_dict(snap['ema'])
+        if self.scaler is not None and snap['scaler'] is not None:
+            self.scaler.load_state_dict(snap['scaler'])
+        self.rollbacks += 1
+        logger.warning('Divergence guard: %s %s = %.4f at iteration %d (best %.4f): rolled back weights and optimiser '
+                       'state to iteration %d, learning rates now %s (rollback %d)', dataset_name, metric, value,
+                       current_iter, best['value'] if best else float('nan'), snap['iter'],
+                       ', '.join(f'{lr:.3e}' for lr in lrs), self.rollbacks)
+        return True
+
     @property
     def eval_net(self) -> nn.Module:
         """The network used for validation and testing: the EMA copy if there is one."""
@@ -309,6 +359,17 @@ class BaseModel:
         self.nan_skips = state.get('nan_skips', 0)
         self._frozen = None
         logger.info('Resumed training state of iteration %d (epoch %d)', state['iter'], state['epoch'])
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A deep copy of nested dicts/lists of tensors with every tensor cloned to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:

@@ -127,6 +127,7 @@ SCHEMA: dict[str, Any] = {
         'precision': PRECISIONS, 'ema_decay': float, 'grad_clip_norm': float | None,
         'freeze': {'patterns': list[str], 'iters': int},
         'nan_skip_limit': int,
+        'divergence_guard': {'metric': str, 'max_drop': float, 'lr_factor': float},
     },
     'val': {
         'val_freq': int, 'save_img': bool, 'max_save_img': int, 'save_submission': bool, 'precision': PRECISIONS,

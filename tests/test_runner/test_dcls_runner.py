@@ -151,3 +151,35 @@ def test_option_files_validate(name: str, tmp_path: Path) -> None:
         t = opt['train']
         assert t['optim_g']['lr'] == 4e-4 and t['lr_estimator'] == 4e-4 and t['total_iter'] == 500000
         assert t['scheduler'] == {'type': 'MultiStepLR', 'milestones': [200000, 400000], 'gamma': 0.5}
+
+
+def test_divergence_guard_rolls_back_weights_and_optimizer(data: Path, tmp_path: Path) -> None:
+    raw = _options(data, tmp_path)
+    raw['train']['divergence_guard'] = {'metric': 'psnr', 'max_drop': 2.0, 'lr_factor': 0.5}
+    opt = normalize_options(validate_options(raw), tmp_path, is_train=True)
+    model = build_model(opt)
+    ds = build_dataset(opt['datasets']['train'], 'datasets.train')
+    batch = torch.utils.data.default_collate([ds[i] for i in range(2)])
+    model.feed_data(batch)
+    model.optimize_parameters(1)
+    model.update_best('G8', {'psnr': 25.0}, 1)
+    assert not model.guard_divergence('G8', {'psnr': 25.0}, 1)  # good: snapshot taken
+    good = {k: v.clone() for k, v in model.bare_net.state_dict().items()}
+    good_exp_avg = model.optimizer.state_dict()['state'][0]['exp_avg'].clone()
+    model.feed_data(batch)
+    model.optimize_parameters(2)
+    assert not model.guard_divergence('G8', {'psnr': 23.5}, 2)  # within max_drop: new snapshot
+    good = {k: v.clone() for k, v in model.bare_net.state_dict().items()}
+    good_exp_avg = model.optimizer.state_dict()['state'][0]['exp_avg'].clone()
+    model.feed_data(batch)
+    model.optimize_parameters(3)
+    with torch.no_grad():
+        model.bare_net.Restorer.conv_first.weight.fill_(7.0)  # a collapse
+    lrs = [g['lr'] for g in model.optimizer.param_groups]
+    model.update_best('G8', {'psnr': 9.0}, 3)
+    assert model.guard_divergence('G8', {'psnr': 9.0}, 3)
+    assert all(torch.equal(v, good[k]) for k, v in model.bare_net.state_dict().items())
+    assert torch.equal(model.optimizer.state_dict()['state'][0]['exp_avg'], good_exp_avg)
+    assert [g['lr'] for g in model.optimizer.param_groups] == [lr * 0.5 for lr in lrs]
+    assert model.rollbacks == 1 and model.best['G8']['psnr']['value'] == 25.0
+    assert model.guard_divergence('G8', {'psnr': float('nan')}, 4)  # non-finite counts as diverged
