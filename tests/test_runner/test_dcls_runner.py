@@ -37,7 +37,8 @@ def data(tmp_path_factory) -> Path:
     (root / 'hr_val').mkdir()
     img = skd.astronaut()
     for i in range(4):
-        cv2.imwrite(str(root / 'train' / f't{i}.png'), cv2.cvtColor(img[40 * i:40 * i + 48, 100:148], cv2.COLOR_RGB2BGR))
+        crop = img[40 * i:40 * i + 48, 100:148]
+        cv2.imwrite(str(root / 'train' / f't{i}.png'), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
     for name, photo in (('coffee', skd.coffee()), ('chelsea', skd.chelsea())):
         cv2.imwrite(str(root / 'hr_val' / f'{name}.png'), cv2.cvtColor(photo[100:132, 100:132], cv2.COLOR_RGB2BGR))
     make_gaussian8(root / 'hr_val', 2, root / 'G8', sigmas=(0.8, 1.6))
