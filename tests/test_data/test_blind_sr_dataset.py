@@ -149,3 +149,17 @@ def test_make_gaussian8(tmp_path: Path) -> None:
     assert len(ds) == 16 and ds[0]['gt'].shape == (3, 48, 44) and ds[0]['lq'].shape == (3, 12, 11)
     with pytest.raises(FileExistsError):
         make_gaussian8(tmp_path / 'HR', 4, out)
+
+
+def test_blind_sr_sample_set(tmp_path: Path) -> None:
+    from codes.scripts.make_blind_sr_sample import make_blind_sr_sample
+    out = tmp_path / 'sample_blind'
+    rec = make_blind_sr_sample(out, scales=(2,))
+    assert rec['train'] == 48 and len(list((out / 'train' / 'HR').glob('*.png'))) == 48
+    marker = (out / 'blind_sr_sample.json').stat().st_mtime_ns
+    assert make_blind_sr_sample(out, scales=(2,)) == rec and (out / 'blind_sr_sample.json').stat().st_mtime_ns == marker
+    ds = PairedBlindSRDataset(str(out / 'val' / 'x2' / 'HR'), str(out / 'val' / 'x2' / 'LRblur'), scale=2,
+                              lq_key_regex='sig[0-9.]+_(.+)')
+    assert len(ds) == 32 and ds[0]['gt'].shape == (3, 128, 128)
+    hr = BlindSRHRDataset(str(out / 'train' / 'HR'), scale=2, gt_size=64, sig_max=2.0)
+    assert hr[0]['gt'].shape == (3, 64, 64)
