@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,10 @@ from codes.utils.registry import DATASET_REGISTRY
 __all__ = ['augment', 'BlindSRHRDataset', 'PairedBlindSRDataset']
 
 logger = logging.getLogger(__name__)
+
+#: Sub-folder names of a paired folder read with ``dataroot_lq`` unset (those ``create_lmdb --format paired`` takes).
+GT_DIRS = ('GT', 'gt', 'HR')
+LQ_DIRS = ('LQ', 'lq', 'LR')
 
 
 def _rgb_float(img: np.ndarray) -> Tensor:
@@ -158,7 +163,7 @@ class PairedBlindSRDataset(_SeededItems, Dataset):
     Args:
         dataroot_gt: GT folder or LMDB.
         dataroot_lq: LQ folder or LMDB; None when ``dataroot_gt`` holds both (a ``create_lmdb --format paired``
-            database, or a folder with ``gt/`` and ``lq/`` sub-folders).
+            database, or a folder with ``GT``/``gt``/``HR`` and ``LQ``/``lq``/``LR`` sub-folders).
         scale: SR factor; GT must be LQ × scale after the modcrop.
         phase: 'train' (random aligned crops of ``gt_size`` and flips) or 'val'/'test' (whole images).
         gt_size: HR crop side in training.
@@ -180,7 +185,13 @@ class PairedBlindSRDataset(_SeededItems, Dataset):
         self.scale, self.phase, self.gt_size, self.modcrop = scale, phase, gt_size, modcrop
         self.use_hflip, self.use_rot, self.seed = use_hflip, use_rot, seed
         io = check_io_backend(io_backend)
-        if dataroot_lq is None:
+        if dataroot_lq is None and io['type'] == 'disk':  # a folder with GT (or gt, HR) and LQ (or lq, LR) inside
+            subs = [[d for d in names if (Path(dataroot_gt) / d).is_dir()] for names in (GT_DIRS, LQ_DIRS)]
+            if not subs[0] or not subs[1]:
+                raise FileNotFoundError(f'{dataroot_gt}: with dataroot_lq unset the folder must hold one of '
+                                        f'{"/".join(GT_DIRS)} and one of {"/".join(LQ_DIRS)}')
+            dataroot_gt, dataroot_lq = str(Path(dataroot_gt) / subs[0][0]), str(Path(dataroot_gt) / subs[1][0])
+        if dataroot_lq is None:  # one create_lmdb --format paired database
             self.gt_backend = self.lq_backend = open_backend(io, dataroot_gt, layout='paired')
             gt_prefix, lq_prefix = 'gt/', 'lq/'
         else:

@@ -163,3 +163,21 @@ def test_blind_sr_sample_set(tmp_path: Path) -> None:
     assert len(ds) == 32 and ds[0]['gt'].shape == (3, 128, 128)
     hr = BlindSRHRDataset(str(out / 'train' / 'HR'), scale=2, gt_size=64, sig_max=2.0)
     assert hr[0]['gt'].shape == (3, 64, 64)
+
+
+def test_paired_lmdb_of_our_format(tmp_path: Path) -> None:
+    """One ``create_lmdb --format paired`` database (keys gt/<k>, lq/<k>) read with ``dataroot_lq: ~``."""
+    from codes.scripts.create_lmdb import create_lmdb
+    for i in range(2):
+        hr = _photo(i, 24, 32)
+        _write(tmp_path / 'GT' / f'p{i}.png', hr)
+        _write(tmp_path / 'LQ' / f'p{i}.png', hr[::2, ::2])
+    create_lmdb('paired', tmp_path, tmp_path / 'pairs.lmdb', progress=False, log=lambda *_: None)
+    ds = PairedBlindSRDataset(str(tmp_path / 'pairs.lmdb'), None, scale=2, io_backend={'type': 'lmdb'})
+    assert [p[2] for p in ds.pairs] == ['p0', 'p1']
+    s = ds[1]
+    assert torch.equal(s['gt'], _rgb_tensor(_photo(1, 24, 32))) and torch.equal(s['lq'], s['gt'][:, ::2, ::2])
+    folder = PairedBlindSRDataset(str(tmp_path), None, scale=2)  # the same folder pair on disk
+    assert [p[2] for p in folder.pairs] == ['p0', 'p1'] and torch.equal(folder[1]['lq'], s['lq'])
+    with pytest.raises(FileNotFoundError, match='must hold one of'):
+        PairedBlindSRDataset(str(tmp_path / 'GT'), None, scale=2)
