@@ -245,3 +245,17 @@ def test_strict_load_of_a_bare_module_prefixed_state_dict(tmp_path: Path) -> Non
         assert all(torch.equal(x, y) for x, y in zip(src(lr), dst(lr)))
     with pytest.raises(Exception, match='does not fit'):
         load_network(DCLS(scale=2, kernel_size=11, **TINY), tmp_path / 'DCLSx2_setting1.pth', strict=True)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_keeps_the_kernel_and_fft_path_in_float32(dtype: torch.dtype) -> None:
+    torch.manual_seed(5)
+    net = DCLS(scale=2, kernel_size=11, **TINY)
+    lr = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        sr32, k32 = net(lr)
+        with torch.autocast('cpu', dtype=dtype):
+            sr, k = net(lr)
+    assert k.dtype == torch.float32 and torch.isfinite(sr.float()).all()
+    assert torch.allclose(k, k32, atol=0.05 * float(k32.abs().max()))
+    assert (sr.float() - sr32).abs().mean() < 0.05
