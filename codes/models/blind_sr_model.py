@@ -158,6 +158,10 @@ class BlindSRModel(BaseModel):
                 records.append(rec)
         per_image = self._gather(records)
         value_names = [n for n in names + ['bicubic_psnr'] if per_image and n in per_image[0]]
+        if not current_iter and self.rank == 0:  # test.py: one line per image, as the original test script logs
+            for rec in per_image:
+                logger.info('%s %s: %s', dataset_name, rec['key'],
+                            ', '.join(f'{n}: {rec[n]:.4f}' for n in value_names if n in rec))
         mean = {n: float(np.mean([r[n] for r in per_image])) for n in value_names}
         mean['num_samples'] = len(per_image)
         mean['seconds'] = round(time.time() - start, 3)

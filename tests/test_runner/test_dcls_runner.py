@@ -124,6 +124,8 @@ def test_train_py_then_test_py(data: Path, tmp_path: Path) -> None:
     ker = cv2.imread(str(out / 'visualization' / 'sig1.60_coffee_ker.png'), cv2.IMREAD_GRAYSCALE)
     assert sr.shape == (32, 32, 3) and ker.shape == (44, 44) and ker.max() == 255
     assert not (out / 'submission').exists()
+    log = ''.join(f.read_text() for f in (tmp_path / 'res').glob('test_*.log'))
+    assert 'G8 sig0.80_chelsea: psnr: ' in log and 'bicubic_psnr: ' in log
     assert results['G8']['mean']['bicubic_psnr'] > 0
 
 
@@ -139,8 +141,8 @@ def test_option_files_validate(name: str, tmp_path: Path) -> None:
     assert net['type'] == 'DCLS' and net['scale'] == opt['scale']
     for ds in opt['datasets'].values():
         assert ds['scale'] == opt['scale']
-    for m in opt['val']['metrics'].values():
-        assert m['crop_border'] == opt['scale'] and m['test_y_channel']
+    for key, m in opt['val']['metrics'].items():
+        assert m['crop_border'] == opt['scale'] and m['test_y_channel'] == (key in ('psnr', 'ssim'))
     if name.startswith('train'):
         setting = 1 if 'setting1' in name else 2
         assert net['kernel_size'] == (21 if setting == 1 else {2: 11, 4: 31}[opt['scale']])
