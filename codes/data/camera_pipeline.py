@@ -29,7 +29,7 @@ __all__ = [
     'XYZ2CAMS', 'RGB2XYZ', 'random_ccm', 'random_gains', 'random_noise_levels', 'sample_isp_params',
     'apply_smoothstep', 'invert_smoothstep', 'gamma_expansion', 'gamma_compression', 'apply_gains',
     'safe_invert_gains', 'apply_ccm', 'mosaic', 'pack_raw', 'unpack_raw', 'demosaic_preview', 'add_noise',
-    'unprocess', 'process_linear_image_rgb', 'to_uint8_srgb',
+    'unprocess', 'process_linear_image_rgb', 'to_uint8_srgb', 'process_burstsr_image_rgb',
 ]
 
 #: The four XYZ -> camera matrices mixed by ``random_ccm`` (float32, shape (4, 3, 3)).
@@ -351,3 +351,45 @@ def to_uint8_srgb(image: Tensor, meta_info: Mapping[str, Any], bgr: bool = True,
     """
     out = process_linear_image_rgb(image, meta_info, gains=gains, ccm=ccm, gamma=gamma, smoothstep=smoothstep)
     return _to_uint8(out, bgr=bgr)
+
+
+# ---------------------------------------------------------------------------------------------------- real track
+def _channels_013(value: Any, image: Tensor, name: str) -> Tensor:
+    """Entries [0, 1, −1] of a 3- or 4-valued per-image vector (black level, white balance) as (3, 1, 1)."""
+    vec = torch.as_tensor(value, dtype=torch.float32, device=image.device).reshape(-1)
+    if vec.numel() < 3:
+        raise ValueError(f'process_burstsr_image_rgb: meta_info[{name!r}] needs at least 3 values, got {vec.numel()}')
+    return vec[[0, 1, -1]].reshape(3, 1, 1)
+
+
+def process_burstsr_image_rgb(image: Tensor, meta_info: Mapping[str, Any], white_balance: bool = True,
+                              gamma: bool = True, smoothstep: bool = True, norm_factor: float | None = None,
+                              return_np: bool = False) -> Tensor | np.ndarray:
+    """BurstSR linear RGB -> sRGB for viewing (spec §6, real track): × ``meta_info['norm_factor']``; the black
+    level [0, 1, −1] subtracted unless ``black_level_subtracted``; × cam_wb[0, 1, −1] / cam_wb[1] unless
+    ``while_balance_applied`` (upstream spelling) or ``white_balance`` is off; ÷ the image max (or ``norm_factor``,
+    to give several images one scale) and clamp; x^(1/2.2); smoothstep. **No colour matrix.**
+
+    Args:
+        image: (3, H, W) linear camera RGB, as ``BurstSRDataset`` returns it or a prediction of it.
+        meta_info: ``norm_factor`` and ``cam_wb`` (and ``black_level``, flags) of the camera.
+        return_np: return (H, W, 3) uint8 **RGB** (×255, truncated) instead of the [0, 1] tensor.
+    """
+    _check_rgb(image, 'process_burstsr_image_rgb')
+    if image.dim() != 3:
+        raise ValueError(f'process_burstsr_image_rgb: expected one (3, H, W) image, got {tuple(image.shape)}')
+    image = image.detach().float() * float(meta_info.get('norm_factor', 1.0))
+    if not bool(meta_info.get('black_level_subtracted', False)):
+        image = image - _channels_013(meta_info['black_level'], image, 'black_level')
+    if white_balance and not bool(meta_info.get('while_balance_applied', False)):
+        wb = _channels_013(meta_info['cam_wb'], image, 'cam_wb')
+        image = image * wb / wb[1]
+    scale = float(norm_factor) if norm_factor is not None else float(image.max())
+    image = (image / max(scale, 1e-12)).clamp(0.0, 1.0)
+    if gamma:
+        image = image ** (1.0 / 2.2)
+    if smoothstep:
+        image = apply_smoothstep(image)
+    if return_np:
+        return _to_uint8(image, bgr=False)
+    return image

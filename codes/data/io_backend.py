@@ -25,7 +25,8 @@ Formats read (``open_lmdb`` detects which):
   version, layout, ...) and one ``__meta__/<key>`` record per value inside the database, and a ``meta_info.txt``
   with one line per value, ``<name> (<shape>) <compression> <dtype> <crc32>``, e.g.
   ``bursts/0000/im_raw_00.png (48,48,4) raw uint16 1c291ca3``. ``name`` is the source file's relative path (key
-  plus extension), ``compression`` is ``raw`` (the array's C-order bytes) or a PNG level 0-9 (the bytes of
+  plus extension; for ``paired``, ``gt/`` or ``lq/`` plus the path relative to the GT or LQ folder),
+  ``compression`` is ``raw`` (the array's C-order bytes) or a PNG level 0-9 (the bytes of
   ``cv2.imencode('.png')``), and pickles are stored as their file bytes (dtype ``bytes``). The first three fields
   are BasicSR's, so BasicSR's own reader takes the keys of a PNG-compressed database.
 * **BasicSR** image LMDBs: PNG bytes, ``meta_info.txt`` lines ``<key>.png (<h>,<w>,<c>) <level>``.
@@ -50,7 +51,7 @@ __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUT
            'IO_BACKEND_KEYS', 'ValueInfo', 'LmdbError', 'LmdbFormatError', 'CorruptValueError', 'MissingKeyError',
            'check_io_backend', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb', 'DiskBackend',
            'LmdbBackend', 'BasicSRLmdbBackend', 'DclsLmdbBackend', 'format_meta_line', 'parse_meta_line',
-           'decode_value', 'natural_key', 'pair_keys', 'to_bgr_uint8']
+           'parse_format_record', 'decode_value', 'key_from_name', 'natural_key', 'pair_keys', 'to_bgr_uint8']
 
 logger = logging.getLogger(__name__)
 
@@ -494,7 +495,14 @@ class _LmdbReader:
     def get_many(self, keys: Sequence[str]) -> list:
         """The values of ``keys``, read in one transaction."""
         infos = [self.info(k) for k in keys]
-        with self._open().begin(write=False, buffers=True) as txn:
+        import lmdb
+        env = self._open()
+        try:
+            txn = env.begin(write=False, buffers=True)
+        except lmdb.MapResizedError:  # another process grew the database since this one mapped it
+            env.set_mapsize(0)
+            txn = env.begin(write=False, buffers=True)
+        with txn:
             out = []
             for key, info in zip(keys, infos):
                 buf = self._raw_get(txn, key)
@@ -604,8 +612,8 @@ def parse_format_record(db: str, raw: Any) -> dict:
     except (UnicodeDecodeError, ValueError):
         raise LmdbFormatError(db, f'the {FORMAT_KEY!r} record is not JSON') from None
     if not isinstance(record, dict) or record.get('format') != FORMAT_NAME:
-        raise LmdbFormatError(db, f'database of another format ({record.get("format") if isinstance(record, dict) else record!r}'
-                              f', expected {FORMAT_NAME!r})')
+        found = record.get('format') if isinstance(record, dict) else record
+        raise LmdbFormatError(db, f'database of another format ({found!r}, expected {FORMAT_NAME!r})')
     if not isinstance(record.get('version'), int) or record['version'] > FORMAT_VERSION:
         raise LmdbFormatError(db, f'format version {record.get("version")!r} is newer than this reader '
                               f'({FORMAT_VERSION})')

@@ -97,16 +97,7 @@ class BurstSRModel(BaseModel):
                 key = self.keys[i] if self.keys is not None else str(len(records))
                 rec: dict[str, Any] = {'key': key}
                 if self.gt is not None:
-                    gt = self.gt[i].float()
-                    for name in list(names):
-                        try:
-                            rec[name] = float(self.metrics[name](pred[i], gt))
-                        except MetricUnavailable as exc:
-                            logger.warning('Metric %s skipped: %s', name, exc)
-                            self._unavailable.add(name)
-                            names.remove(name)
-                    base = bilinear_baseline(self.lq[i]).to(gt.device)
-                    rec['baseline_psnr'] = calculate_psnr_linear(base, gt)
+                    rec.update(self.score_sample(pred[i], self.gt[i].float(), i, names))
                 index = self.sample_index(len(records))
                 if submission_dir is not None:
                     save_submission_png(pred[i], Path(submission_dir) / f'{key}.png')
@@ -120,16 +111,41 @@ class BurstSRModel(BaseModel):
         mean['seconds'] = round(time.time() - start, 3)
         return {'mean': mean, 'per_image': per_image}
 
+    def score_sample(self, pred: torch.Tensor, gt: torch.Tensor, i: int, names: list[str]) -> dict[str, float]:
+        """The metrics ``names`` of sample ``i`` of the batch (pred, gt (3, H, W)) and ``baseline_psnr``."""
+        rec = self.apply_metrics(pred, gt, names)
+        base = bilinear_baseline(self.lq[i]).to(gt.device)
+        rec['baseline_psnr'] = calculate_psnr_linear(base, gt)
+        return rec
+
+    def apply_metrics(self, pred: torch.Tensor, gt: torch.Tensor, names: list[str],
+                      extra: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+        """Run the metrics ``names`` (with per-metric keyword arguments ``extra``); a metric that raises
+        ``MetricUnavailable`` is logged once and removed from ``names`` for the rest of the run."""
+        rec = {}
+        for name in list(names):
+            try:
+                rec[name] = float(self.metrics[name](pred, gt, **(extra or {}).get(name, {})))
+            except MetricUnavailable as exc:
+                logger.warning('Metric %s skipped: %s', name, exc)
+                self._unavailable.add(name)
+                names.remove(name)
+        return rec
+
     def _save_visual(self, pred: torch.Tensor, i: int, key: str, image_dir: str | Path | None, tb_writer: Any,
                      dataset_name: str, current_iter: int) -> None:
-        meta = _meta_item(self.meta, i)
-        tiles = [render_srgb(pred, meta)]
-        if self.gt is not None:
-            tiles.append(render_srgb(self.gt[i], meta))
-        canvas = np.concatenate(tiles, axis=1)
+        canvas = np.concatenate(self.render_tiles(pred, i), axis=1)
         if image_dir is not None:
             Path(image_dir).mkdir(parents=True, exist_ok=True)
             name = f'{key}_{current_iter}.png' if current_iter else f'{key}.png'
             cv2.imwrite(str(Path(image_dir) / name), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
         if tb_writer is not None:
             tb_writer.add_image(f'{dataset_name}/{key}', canvas, current_iter, dataformats='HWC')
+
+    def render_tiles(self, pred: torch.Tensor, i: int) -> list[np.ndarray]:
+        """(H, W, 3) uint8 RGB views of the prediction and (when present) the ground truth of batch sample ``i``."""
+        meta = _meta_item(self.meta, i)
+        tiles = [render_srgb(pred, meta)]
+        if self.gt is not None:
+            tiles.append(render_srgb(self.gt[i], meta))
+        return tiles

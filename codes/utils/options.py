@@ -132,6 +132,9 @@ SCHEMA: dict[str, Any] = {
     'val': {
         'val_freq': int, 'save_img': bool, 'max_save_img': int, 'save_submission': bool, 'precision': PRECISIONS,
         'metrics': {'*': TYPED_METRIC},
+        # RealBurstSRModel: how predictions are aligned to the BurstSR ground truth before scoring
+        'alignment': {'flow_estimator': ('auto', 'pwcnet', 'dis'), 'pwcnet_path': str | None,
+                      'dis_preset': ('ultrafast', 'fast', 'medium'), 'sr_factor': int},
     },
     'logger': {
         'print_freq': int, 'save_checkpoint_freq': int, 'use_tb_logger': bool, 'use_pbar': bool | None,
@@ -195,7 +198,17 @@ def _check_dataset(block: Any, where: str) -> dict:
     except ImportError as exc:
         raise OptionError(f'{where}.type', str(exc)) from None
     checked = check_kwargs(cls, rest, where)
+    lmdb = False
+    if isinstance(checked.get('io_backend'), Mapping):
+        from codes.data.io_backend import check_io_backend
+        try:
+            checked['io_backend'] = check_io_backend(checked['io_backend'])
+        except ValueError as exc:
+            raise OptionError(f'{where}.io_backend', str(exc)) from None
+        lmdb = checked['io_backend']['type'] == 'lmdb'
     for k, v in checked.items():
+        if lmdb and k.startswith('dataroot') and isinstance(v, str) and os.path.exists(v.rstrip('/') + '.lmdb'):
+            continue  # io_backend lmdb reads <dataroot>.lmdb
         if k.startswith('dataroot') and isinstance(v, str) and not os.path.exists(v):
             raise OptionError(f'{where}.{k}', f"data folder '{v}' does not exist. See {DATASETS_README} for how to "
                               'obtain and prepare the datasets (or run python -m codes.scripts.make_sample_data '

@@ -5,17 +5,21 @@ globals such files need: plain containers and numbers, ``collections.OrderedDict
 scalars, and torch tensors written by ``pickle.dump(tensor)``. Those reach ``torch.storage._load_from_bytes``, which
 would call a full ``torch.load``; it is replaced by a version that loads with ``weights_only=True``. Anything else
 raises ``pickle.UnpicklingError`` naming the file and the refused global. Datasets whose pickles carry other
-objects (BurstSR's exifread tags) pass stand-ins through ``extra_allowed``.
+objects pass stand-ins through ``extra_allowed``; ``EXIFREAD_ALLOWED`` holds the stand-ins for the ``exifread`` 2.x
+classes in BurstSR's ``meta_info.pkl`` (``exifread.classes.IfdTag`` and ``exifread.utils.Ratio``), so those pickles
+load without exifread and without running code.
 """
 from __future__ import annotations
 
 import collections
+import fractions
 import io
 import os
 import pickle
 from typing import Any, Mapping
 
-__all__ = ['safe_load_pickle', 'safe_loads_pickle', 'SafeUnpickler', 'DEFAULT_ALLOWED']
+__all__ = ['safe_load_pickle', 'safe_loads_pickle', 'SafeUnpickler', 'DEFAULT_ALLOWED', 'IfdTag', 'Ratio',
+           'EXIFREAD_ALLOWED']
 
 
 def _load_storage_from_bytes(data: bytes) -> Any:
@@ -129,3 +133,70 @@ def safe_loads_pickle(data: bytes, extra_allowed: Mapping[str, Any] | None = Non
     if extra_allowed:
         allowed.update(extra_allowed)
     return SafeUnpickler(io.BytesIO(data), allowed, source=source).load()
+
+
+# ----------------------------------------------------------------------------------------------- exifread stand-ins
+class Ratio(fractions.Fraction):
+    """Stand-in for ``exifread.utils.Ratio`` (exifread 2.x): a ``Fraction`` pickled as ``Ratio('num/den')``.
+
+    Like the original, a zero denominator does not raise: the value keeps its numerator and denominator and only
+    ``decimal()`` (or ``float``) fails.
+    """
+
+    def __new__(cls, numerator: Any = 0, denominator: Any = None) -> 'Ratio':
+        try:
+            return super().__new__(cls, numerator, denominator)
+        except ZeroDivisionError:
+            self = super().__new__(cls)
+            if isinstance(numerator, str) and '/' in numerator:
+                num, den = numerator.split('/', 1)
+                numerator, denominator = int(num), int(den)
+            self._numerator, self._denominator = int(numerator), int(denominator or 0)
+            return self
+
+    def __repr__(self) -> str:
+        return f"Ratio('{self._numerator}/{self._denominator}')"
+
+    def __reduce__(self) -> tuple:
+        return type(self), (f'{self._numerator}/{self._denominator}',)
+
+    @property
+    def num(self) -> int:
+        return self._numerator
+
+    @property
+    def den(self) -> int:
+        return self._denominator
+
+    def decimal(self) -> float:
+        """The value as a float (ZeroDivisionError for a zero denominator)."""
+        if self._denominator == 0:
+            raise ZeroDivisionError(f'{self!r} has a zero denominator')
+        return float(self)
+
+
+class IfdTag:
+    """Stand-in for ``exifread.classes.IfdTag`` (exifread 2.x): a plain record of one EXIF tag."""
+
+    def __init__(self, printable: str = '', tag: int = 0, field_type: int = 0, values: Any = None,
+                 field_offset: int = 0, field_length: int = 0) -> None:
+        self.printable = printable
+        self.tag = tag
+        self.field_type = field_type
+        self.values = values
+        self.field_offset = field_offset
+        self.field_length = field_length
+
+    def __str__(self) -> str:
+        return self.printable
+
+    def __repr__(self) -> str:
+        return f'IfdTag({self.printable!r}, tag={self.tag:#06x}, values={self.values!r})'
+
+
+#: Admit exactly the two exifread 2.x classes of BurstSR's pickles (the 3.x module path of IfdTag too).
+EXIFREAD_ALLOWED: dict[str, Any] = {
+    'exifread.classes.IfdTag': IfdTag,
+    'exifread.core.ifd_tag.IfdTag': IfdTag,
+    'exifread.utils.Ratio': Ratio,
+}
