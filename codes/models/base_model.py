@@ -112,6 +112,9 @@ class BaseModel:
         precision = train.get('precision', 'fp32')
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == 'fp16' else None
         self.grad_clip_norm = train.get('grad_clip_norm')
+        self.warmup_iter = int(train.get('warmup_iter', 0))
+        for g in self.optimizer.param_groups:  # schedulers set it too; the warm-up ramps towards it
+            g.setdefault('initial_lr', g['lr'])
         self.nan_skip_limit = int(train.get('nan_skip_limit', 100))
         guard = train.get('divergence_guard') or {}
         self.guard_metric: str | None = guard.get('metric')
@@ -161,8 +164,16 @@ class BaseModel:
         raise NotImplementedError
 
     def optimize_parameters(self, current_iter: int) -> dict[str, float]:
-        """One training step; returns the losses as floats (and ``skipped`` when the step was skipped)."""
+        """One training step; returns the losses as floats (and ``skipped`` when the step was skipped).
+
+        During the linear warm-up (``train.warmup_iter`` > 0, iterations 1 … warmup_iter) every group's lr is set
+        to initial_lr · current_iter / warmup_iter before the step (as BasicSR and DCLS do); the scheduler is
+        stepped as usual and takes over afterwards.
+        """
         self.apply_freeze(current_iter)
+        if current_iter <= getattr(self, 'warmup_iter', 0):
+            for g in self.optimizer.param_groups:
+                g['lr'] = g['initial_lr'] * current_iter / self.warmup_iter
         self.net_g.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.compute_loss()

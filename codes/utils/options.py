@@ -123,7 +123,7 @@ SCHEMA: dict[str, Any] = {
     },
     'train': {
         'total_iter': int, 'optim_g': TYPED_OPTIM, 'scheduler': TYPED_SCHED, 'pixel_opt': TYPED_LOSS,
-        'kernel_opt': TYPED_LOSS, 'lr_estimator': float | None,
+        'kernel_opt': TYPED_LOSS, 'lr_estimator': float | None, 'warmup_iter': int,
         'precision': PRECISIONS, 'ema_decay': float, 'grad_clip_norm': float | None,
         'freeze': {'patterns': list[str], 'iters': int},
         'nan_skip_limit': int,

@@ -210,3 +210,21 @@ def test_two_process_gloo_training(data: Path, tmp_path: Path) -> None:
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     rec = json.loads((tmp_path / 'exp' / 'metrics.jsonl').read_text().splitlines()[-1])
     assert rec['num_samples'] == 4 and np.isfinite(rec['psnr'])
+
+
+def test_linear_warmup_then_schedule(data: Path, tmp_path: Path) -> None:
+    raw = _options(data, tmp_path)
+    raw['train']['warmup_iter'] = 4
+    raw['train']['scheduler'] = {'type': 'MultiStepLR', 'milestones': [6], 'gamma': 0.5}
+    opt = normalize_options(validate_options(raw), tmp_path, is_train=True)
+    model = build_model(opt)
+    ds = build_dataset(opt['datasets']['train'], 'datasets.train')
+    batch = torch.utils.data.default_collate([ds[i] for i in range(2)])
+    seen = []
+    for it in range(1, 8):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+        seen.append(model.current_lr())
+    assert seen[0] == pytest.approx([2e-3 / 4, 1e-3 / 4]) and seen[2] == pytest.approx([2e-3 * 3 / 4, 1e-3 * 3 / 4])
+    assert seen[4] == pytest.approx([2e-3, 1e-3])  # after the warm-up: the schedule's value
+    assert seen[6] == pytest.approx([1e-3, 5e-4])  # milestone 6 halved it
