@@ -1,9 +1,10 @@
 """Evaluation pipeline: load a checkpoint, score every dataset of the option file, write metrics and images.
 
 For each dataset block ``datasets.<phase>`` it writes, under ``results/<name>/<dataset>/``:
-``metrics.json`` (per-image and mean values), ``visualization/*.png`` (sRGB prediction | ground truth, with
-``val.save_img``) and ``submission/*.png`` plus ``submission.zip`` (14-bit challenge format, with
-``val.save_submission``). Runs on one process or sharded under torchrun.
+``metrics.json`` (per-image and mean values), ``visualization/*.png`` (the model's images, with ``val.save_img``:
+sRGB prediction | ground truth for burst SR, SR image and ``_ker.png`` kernel for blind SR) and, for models that
+write them, ``submission/*.png`` plus ``submission.zip`` (14-bit challenge format, with ``val.save_submission``).
+Runs on one process or sharded under torchrun.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
             loader = build_dataloader(dataset, ds_opt, ShardSampler(len(dataset), world, rank), opt['manual_seed'],
                                       rank, train=False)
             out_dir = results_root / ds_opt['name']
-            sub_dir = out_dir / 'submission' if val.get('save_submission', True) else None
+            sub_dir = out_dir / 'submission' if val.get('save_submission', model.writes_submission) else None
             img_dir = out_dir / 'visualization' if val.get('save_img', True) else None
             for d in (sub_dir, img_dir):
                 if d is not None:

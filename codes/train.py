@@ -107,6 +107,7 @@ def validate(model: Any, loaders: dict, opt: dict, current_iter: int, tb: Any) -
                                tb_writer=tb, current_iter=current_iter)
         mean = results[name] = res['mean']
         improved = model.update_best(name, mean, current_iter)
+        model.guard_divergence(name, mean, current_iter)
         if model.rank == 0:
             text = ', '.join(f'{k}: {v:.4f}' for k, v in mean.items() if k not in ('num_samples', 'seconds'))
             logger.info('Validation %s @ iter %d: %s (%d samples)%s', name, current_iter, text,

@@ -211,8 +211,9 @@ class CLS(nn.Module):
         self.expand_feature = nn.Conv2d(nf2, nf, 1, 1, 0)
 
     def smoothness_filter(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, nf2, h, w) reduced features -> (B, nf2, 3, 3) zero-mean filters P = exp(·) − mean."""
-        p = torch.exp(self.grad_filter(z))
+        """(B, nf2, h, w) reduced features -> (B, nf2, 3, 3) zero-mean filters P = exp(·) − mean, in float32 at
+        least (exp overflows float16 above 11)."""
+        p = torch.exp(self.grad_filter(z).to(torch.promote_types(z.dtype, torch.float32)))
         return p - p.mean(dim=(-2, -1), keepdim=True)
 
     def forward(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -259,18 +260,24 @@ class Estimator(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        """lr: (B, in_nc, h, w), h, w >= 5. Returns (B, 1, ks, ks) kernels summing to 1."""
+        """lr: (B, in_nc, h, w), h, w >= 5. Returns (B, 1, ks, ks) kernels summing to 1, in float32 at least (the
+        decoders and the filter chain run outside autocast)."""
         B = lr.shape[0]
         ks = self.kernel_size
         f1 = self.head(lr)
         z = self.tail(self.body(f1) + f1)  # (B, para_len)
-        x = torch.ones(1, B * self.in_nc, 1, 1, device=lr.device, dtype=z.dtype)  # one delta per sample and channel
-        for i, (dec, ci, co, f) in enumerate(zip(self.dec, self.in_chans, self.out_chans, self.filter_structures)):
-            w = dec(z).reshape(B * co, ci, f, f)  # sample b owns output channels b*co ... (b+1)*co - 1
-            x = F.conv2d(x, w, padding=ks - 1 if i == 0 else 0, groups=B)
-        k = x.reshape(B, self.in_nc, ks, ks).flip(-2, -1)  # the chain of correlations flipped it once
-        k = k.mean(dim=1, keepdim=True)  # (B, 1, ks, ks)
-        return k / k.sum(dim=(-2, -1), keepdim=True)
+        dtype = torch.promote_types(z.dtype, torch.float32)
+        with torch.autocast(lr.device.type, enabled=False):  # the kernel chain and its normalisation in float32
+            z = z.to(dtype)
+            x = torch.ones(1, B * self.in_nc, 1, 1, device=lr.device, dtype=dtype)  # a delta per sample and channel
+            for i, (dec, ci, co, f) in enumerate(zip(self.dec, self.in_chans, self.out_chans,
+                                                     self.filter_structures)):
+                w = F.linear(z, dec.weight.to(dtype), dec.bias.to(dtype)).reshape(B * co, ci, f, f)
+                # sample b owns output channels b*co ... (b+1)*co - 1
+                x = F.conv2d(x, w, padding=ks - 1 if i == 0 else 0, groups=B)
+            k = x.reshape(B, self.in_nc, ks, ks).flip(-2, -1)  # the chain of correlations flipped it once
+            k = k.mean(dim=1, keepdim=True)  # (B, 1, ks, ks)
+            return k / k.sum(dim=(-2, -1), keepdim=True)
 
 
 class Restorer(nn.Module):

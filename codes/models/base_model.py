@@ -13,7 +13,7 @@ import math
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from codes.archs import build_network
 from codes.losses import build_loss
+from codes.metrics import build_metric
 from codes.models.optim import build_optimizer, build_scheduler
 from codes.utils import dist as du
 from codes.utils.checkpoint import atomic_save, get_rng_states, load_network, set_rng_states
@@ -43,11 +44,15 @@ def select_device(opt: dict) -> torch.device:
 
 
 class BaseModel:
-    """Owns ``net_g`` (and ``net_g_ema``), its optimisation and its checkpoints.
+    """Owns ``net_g`` (and ``net_g_ema``), its optimisation, its checkpoints, the validation metrics
+    (``val.metrics``) and the sharded gathering of per-sample validation records.
 
     Args:
         opt: the whole normalised option tree (see ``codes.utils.options``).
     """
+
+    #: whether ``validation`` writes challenge submission files (test.py's default for ``val.save_submission``)
+    writes_submission = False
 
     def __init__(self, opt: dict) -> None:
         self.opt = opt
@@ -66,6 +71,11 @@ class BaseModel:
         self.eval_dtype = _DTYPES[opt.get('val', {}).get('precision', 'fp32')]
         self.best: dict[str, dict[str, Any]] = {}
         self.nan_skips = 0
+        metrics = opt.get('val', {}).get('metrics', {})
+        self.metrics: dict[str, Callable[..., float]] = {
+            name: build_metric(m, f'val.metrics.{name}') for name, m in metrics.items()}
+        self.better = {name: m.get('better', 'higher') for name, m in metrics.items()}
+        self._unavailable: set[str] = set()
         if self.is_train:
             self._init_training()
 
@@ -96,14 +106,30 @@ class BaseModel:
             find_unused = self.opt.get('find_unused_parameters', self.freeze_iters > 0)
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.net_g = DistributedDataParallel(self.net_g, device_ids=ids, find_unused_parameters=find_unused)
-        self.optimizer = build_optimizer(self.bare_net.parameters(), train['optim_g'])
+        self.optimizer = build_optimizer(self.optimizer_params(), train['optim_g'])
         self.scheduler = build_scheduler(self.optimizer, train['scheduler']) if train.get('scheduler') else None
         self.cri_pix = build_loss(train.get('pixel_opt', {'type': 'L1Loss'})).to(self.device)
         precision = train.get('precision', 'fp32')
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == 'fp16' else None
         self.grad_clip_norm = train.get('grad_clip_norm')
+        self.warmup_iter = int(train.get('warmup_iter', 0))
+        for g in self.optimizer.param_groups:  # schedulers set it too; the warm-up ramps towards it
+            g.setdefault('initial_lr', g['lr'])
         self.nan_skip_limit = int(train.get('nan_skip_limit', 100))
+        guard = train.get('divergence_guard') or {}
+        self.guard_metric: str | None = guard.get('metric')
+        self.guard_max_drop = float(guard.get('max_drop', 3.0))
+        self.guard_lr_factor = float(guard.get('lr_factor', 0.5))
+        if self.guard_metric is not None and self.guard_metric not in self.metrics:
+            raise ValueError(f"train.divergence_guard.metric: '{self.guard_metric}' is not one of val.metrics "
+                             f"({', '.join(self.metrics) or 'none'})")
+        self._snapshot: dict[str, Any] | None = None
+        self.rollbacks = 0
         logger.info('Training in %s on %s (world size %d)', precision, self.device, self.world_size)
+
+    def optimizer_params(self) -> Any:
+        """What the optimiser gets: all parameters of ``net_g`` (subclasses may return parameter groups)."""
+        return self.bare_net.parameters()
 
     @property
     def bare_net(self) -> nn.Module:
@@ -138,8 +164,16 @@ class BaseModel:
         raise NotImplementedError
 
     def optimize_parameters(self, current_iter: int) -> dict[str, float]:
-        """One training step; returns the losses as floats (and ``skipped`` when the step was skipped)."""
+        """One training step; returns the losses as floats (and ``skipped`` when the step was skipped).
+
+        During the linear warm-up (``train.warmup_iter`` > 0, iterations 1 … warmup_iter) every group's lr is set
+        to initial_lr · current_iter / warmup_iter before the step (as BasicSR and DCLS do); the scheduler is
+        stepped as usual and takes over afterwards.
+        """
         self.apply_freeze(current_iter)
+        if current_iter <= getattr(self, 'warmup_iter', 0):
+            for g in self.optimizer.param_groups:
+                g['lr'] = g['initial_lr'] * current_iter / self.warmup_iter
         self.net_g.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.compute_loss()
@@ -195,6 +229,78 @@ class BaseModel:
     def current_lr(self) -> list[float]:
         """The learning rate of every parameter group."""
         return [g['lr'] for g in self.optimizer.param_groups]
+
+    # --------------------------------------------------------------------------------------------- validation
+    def sample_index(self, local_count: int) -> int:
+        """The dataset index of this rank's ``local_count``-th sample under ``ShardSampler``."""
+        return self.rank + local_count * self.world_size
+
+    def _gather(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All ranks' records, each sample once, in dataset order."""
+        if self.world_size == 1:
+            return records
+        parts: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, records)
+        out = []
+        for j in range(max(len(p) for p in parts)):
+            out.extend(p[j] for p in parts if j < len(p))
+        return out
+
+    def update_best(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> list[str]:
+        """Track the best value of every metric; returns the names that improved."""
+        improved = []
+        best = self.best.setdefault(dataset_name, {})
+        for name, value in mean.items():
+            if name not in self.metrics or not math.isfinite(value):
+                continue
+            higher = self.better.get(name, 'higher') == 'higher'
+            old = best.get(name)
+            if old is None or (value > old['value'] if higher else value < old['value']):
+                best[name] = {'value': value, 'iter': current_iter}
+                improved.append(name)
+        return improved
+
+
+    def guard_divergence(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> bool:
+        """The divergence guard (``train.divergence_guard``), called after each validation and ``update_best``.
+
+        When ``metric`` is non-finite or worse than its best by more than ``max_drop``, the weights, EMA, optimiser
+        and scaler state of the last good validation are restored (the scheduler keeps its place), every learning
+        rate is multiplied by ``lr_factor``, and True is returned. Otherwise the current state becomes the last good
+        one (a CPU copy). All ranks see the same gathered metrics, so they decide alike.
+        """
+        metric = getattr(self, 'guard_metric', None)
+        if not metric or metric not in mean:
+            return False
+        value, best = mean[metric], self.best.get(dataset_name, {}).get(metric)
+        higher = self.better.get(metric, 'higher') == 'higher'
+        gap = 0.0 if best is None else (best['value'] - value if higher else value - best['value'])
+        if math.isfinite(value) and gap <= self.guard_max_drop:
+            self._snapshot = _to_cpu({
+                'net': self.bare_net.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                'ema': self.net_g_ema.state_dict() if self.net_g_ema is not None else None,
+                'scaler': self.scaler.state_dict() if self.scaler is not None else None, 'iter': current_iter})
+            return False
+        if self._snapshot is None:
+            logger.warning('Divergence guard: %s %s = %s at iteration %d, but there is no earlier good state',
+                           dataset_name, metric, value, current_iter)
+            return False
+        snap = self._snapshot
+        lrs = [g['lr'] * self.guard_lr_factor for g in self.optimizer.param_groups]
+        self.bare_net.load_state_dict(snap['net'])
+        self.optimizer.load_state_dict(snap['optimizer'])
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g['lr'] = lr
+        if self.net_g_ema is not None and snap['ema'] is not None:
+            self.net_g_ema.load_state_dict(snap['ema'])
+        if self.scaler is not None and snap['scaler'] is not None:
+            self.scaler.load_state_dict(snap['scaler'])
+        self.rollbacks += 1
+        logger.warning('Divergence guard: %s %s = %.4f at iteration %d (best %.4f): rolled back weights and optimiser '
+                       'state to iteration %d, learning rates now %s (rollback %d)', dataset_name, metric, value,
+                       current_iter, best['value'] if best else float('nan'), snap['iter'],
+                       ', '.join(f'{lr:.3e}' for lr in lrs), self.rollbacks)
+        return True
 
     @property
     def eval_net(self) -> nn.Module:
@@ -264,6 +370,17 @@ class BaseModel:
         self.nan_skips = state.get('nan_skips', 0)
         self._frozen = None
         logger.info('Resumed training state of iteration %d (epoch %d)', state['iter'], state['epoch'])
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A deep copy of nested dicts/lists of tensors with every tensor cloned to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:

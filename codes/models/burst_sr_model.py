@@ -7,10 +7,9 @@ reference frame, so a run shows whether the network beats the trivial answer.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from codes.data.camera_pipeline import to_uint8_srgb
-from codes.metrics import build_metric
 from codes.metrics.burst_metric import calculate_psnr_linear
 from codes.metrics.metric_util import MetricUnavailable, bilinear_baseline
 from codes.models.base_model import BaseModel
@@ -50,12 +48,7 @@ def _meta_item(meta: dict[str, Any], i: int) -> dict[str, Any]:
 class BurstSRModel(BaseModel):
     """Burst SR model: ``lq`` (B, N, 4, h, w) packed RGGB -> (B, 3, 8h, 8w) linear RGB, compared with ``gt``."""
 
-    def __init__(self, opt: dict) -> None:
-        super().__init__(opt)
-        self.metrics: dict[str, Callable[..., float]] = {
-            name: build_metric(m, f'val.metrics.{name}') for name, m in opt.get('val', {}).get('metrics', {}).items()}
-        self.better = {name: m.get('better', 'higher') for name, m in opt.get('val', {}).get('metrics', {}).items()}
-        self._unavailable: set[str] = set()
+    writes_submission = True
 
     def feed_data(self, data: dict[str, Any]) -> None:
         """Move a collated batch to the device."""
@@ -139,21 +132,6 @@ class BurstSRModel(BaseModel):
                 names.remove(name)
         return rec
 
-    def sample_index(self, local_count: int) -> int:
-        """The dataset index of this rank's ``local_count``-th sample under ``ShardSampler``."""
-        return self.rank + local_count * self.world_size
-
-    def _gather(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """All ranks' records, each sample once, in dataset order."""
-        if self.world_size == 1:
-            return records
-        parts: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(parts, records)
-        out = []
-        for j in range(max(len(p) for p in parts)):
-            out.extend(p[j] for p in parts if j < len(p))
-        return out
-
     def _save_visual(self, pred: torch.Tensor, i: int, key: str, image_dir: str | Path | None, tb_writer: Any,
                      dataset_name: str, current_iter: int) -> None:
         canvas = np.concatenate(self.render_tiles(pred, i), axis=1)
@@ -171,18 +149,3 @@ class BurstSRModel(BaseModel):
         if self.gt is not None:
             tiles.append(render_srgb(self.gt[i], meta))
         return tiles
-
-    def update_best(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> list[str]:
-        """Track the best value of every metric; returns the names that improved."""
-        improved = []
-        best = self.best.setdefault(dataset_name, {})
-        for name, value in mean.items():
-            if name not in self.metrics or not math.isfinite(value):
-                continue
-            higher = self.better.get(name, 'higher') == 'higher'
-            old = best.get(name)
-            if old is None or (value > old['value'] if higher else value < old['value']):
-                best[name] = {'value': value, 'iter': current_iter}
-                improved.append(name)
-        return improved
-

@@ -112,6 +112,7 @@ SCHEMA: dict[str, Any] = {
     'num_gpu': int | str,
     'manual_seed': int,
     'prepare_sample_data': str | None,
+    'prepare_blind_sample_data': str | None,
     'find_unused_parameters': bool,
     'cudnn_benchmark': bool,
     'dist_params': {'backend': str, 'timeout_minutes': float},
@@ -123,9 +124,11 @@ SCHEMA: dict[str, Any] = {
     },
     'train': {
         'total_iter': int, 'optim_g': TYPED_OPTIM, 'scheduler': TYPED_SCHED, 'pixel_opt': TYPED_LOSS,
+        'kernel_opt': TYPED_LOSS, 'lr_estimator': float | None, 'warmup_iter': int,
         'precision': PRECISIONS, 'ema_decay': float, 'grad_clip_norm': float | None,
         'freeze': {'patterns': list[str], 'iters': int},
         'nan_skip_limit': int, 'limit_train_batches': LIMIT,
+        'divergence_guard': {'metric': str, 'max_drop': float, 'lr_factor': float},
     },
     'val': {
         'val_freq': int, 'save_img': bool, 'max_save_img': int, 'save_submission': bool, 'precision': PRECISIONS,
@@ -347,13 +350,19 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _prepare_sample_data(out: str) -> None:
-    """Generate the sample data once, even when several ranks start together (a file lock serialises them)."""
-    from codes.scripts.make_sample_data import ensure_sample_data
+def _prepare_sample_data(out: str, blind: bool = False) -> None:
+    """Generate the sample data once, even when several ranks start together (a file lock serialises them).
+
+    ``blind`` selects the single-image blind-SR sample set (``codes.scripts.make_blind_sr_sample``) instead of the
+    burst one."""
+    if blind:
+        from codes.scripts.make_blind_sr_sample import ensure_blind_sr_sample as ensure
+    else:
+        from codes.scripts.make_sample_data import ensure_sample_data as ensure
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(f'{out.rstrip(os.sep)}.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        ensure_sample_data(out)
+        ensure(out)
 
 
 def parse_options(root: str | os.PathLike, is_train: bool, argv: list[str] | None = None
@@ -365,6 +374,8 @@ def parse_options(root: str | os.PathLike, is_train: bool, argv: list[str] | Non
     raw = apply_overrides(load_yaml(args.opt), args.force_yml, args.opt)
     if raw.get('prepare_sample_data'):
         _prepare_sample_data(str(raw['prepare_sample_data']))
+    if raw.get('prepare_blind_sample_data'):
+        _prepare_sample_data(str(raw['prepare_blind_sample_data']), blind=True)
     opt = validate_options(raw, args.opt, is_train)
     opt = normalize_options(opt, root, is_train, args.debug)
     opt['opt_file'] = str(args.opt)

@@ -129,6 +129,33 @@ def test_cls_deconv_matches_direct_frequency_computation() -> None:
     np.testing.assert_allclose(got32.numpy(), expected, atol=2e-4)
 
 
+def test_cls_deconv_equals_the_original_per_channel_loop() -> None:
+    """The original transforms one (B, 1, H, W) channel slice at a time with 3-D transforms over (1, H, W) and the
+    legacy one-sided C2R inverse; the batched 2-D form must give the same result."""
+    torch.manual_seed(4)
+    B, C, h, w, ks = 2, 4, 8, 9, 11
+    z = torch.randn(B, C, h, w)
+    k = torch.softmax(torch.randn(B, 1, ks * ks), -1).reshape(B, 1, ks, ks)
+    p = torch.rand(B, C, 3, 3)
+    p = p - p.mean((-2, -1), keepdim=True)
+    zp = torch.nn.functional.pad(z, (ks,) * 4, mode='replicate')
+    H, W = zp.shape[-2:]
+    out = torch.zeros(B, C, h, w)
+    for c in range(C):
+        def otf(x: torch.Tensor) -> torch.Tensor:
+            n = x.shape[-1]
+            big = torch.zeros(B, 1, H, W)
+            big[..., :n, :n] = x
+            return torch.fft.fftn(torch.roll(big, (-(n // 2), -(n // 2)), (-2, -1)), dim=(-3, -2, -1))
+        K, P, Z = otf(k), otf(p[:, c:c + 1]), torch.fft.fftn(zp[:, c:c + 1], dim=(-3, -2, -1))
+        D = K.real * K.real + K.imag * K.imag + P.real * P.real + P.imag * P.imag
+        num = torch.complex(K.real / D, -K.imag / D)
+        R = torch.complex(num.real * Z.real - num.imag * Z.imag, num.real * Z.imag + num.imag * Z.real)
+        r = torch.fft.irfftn(R[..., :W // 2 + 1], s=(1, H, W), dim=(-3, -2, -1))
+        out[:, c:c + 1] = r[..., ks:-ks, ks:-ks]
+    assert torch.allclose(cls_deconv(z, k, p), out, atol=1e-5)
+
+
 def test_cls_deconv_identity_and_smoothing() -> None:
     """A delta kernel with P = 0 gives the features back; a non-zero P only damps non-DC frequencies."""
     ks = 5
@@ -218,3 +245,17 @@ def test_strict_load_of_a_bare_module_prefixed_state_dict(tmp_path: Path) -> Non
         assert all(torch.equal(x, y) for x, y in zip(src(lr), dst(lr)))
     with pytest.raises(Exception, match='does not fit'):
         load_network(DCLS(scale=2, kernel_size=11, **TINY), tmp_path / 'DCLSx2_setting1.pth', strict=True)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_keeps_the_kernel_and_fft_path_in_float32(dtype: torch.dtype) -> None:
+    torch.manual_seed(5)
+    net = DCLS(scale=2, kernel_size=11, **TINY)
+    lr = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        sr32, k32 = net(lr)
+        with torch.autocast('cpu', dtype=dtype):
+            sr, k = net(lr)
+    assert k.dtype == torch.float32 and torch.isfinite(sr.float()).all()
+    assert torch.allclose(k, k32, atol=0.05 * float(k32.abs().max()))
+    assert (sr.float() - sr32).abs().mean() < 0.05

@@ -1,0 +1,185 @@
+"""``BlindSRModel``: single-image blind super-resolution with a kernel estimator (DCLS), scored as SR papers do.
+
+Restated from ``dcls.md`` §5, §10, §12-§14 (upstream ``megvii-research/DCLS-SR: codes/config/DCLS/models/
+blind_model.py`` and ``train.py``). The network's ``forward(lq)`` returns ``(sr, kernel)``.
+
+* Training batches from ``BlindSRHRDataset`` carry HR crops and per-sample kernels: the model blurs, downsamples
+  (MATLAB bicubic), adds noise and rounds to 8 bits on its device (``codes.data.degradations.degrade``), then
+  trains with L = ``pixel_opt``(SR, HR) + ``kernel_opt``(kernel, target), the target being the closed-form
+  LR-space kernel of the batch's clean LR pair (``DCLSKernelLoss``). Paired batches (``lq`` given) use the LQ
+  itself and the bicubic-downsampled GT as that pair (an approximation: the LQ is rounded and maybe noisy).
+* One optimiser with two parameter groups, the Restorer's at ``train.optim_g.lr`` and the Estimator's at
+  ``train.lr_estimator`` (the original's lr_G / lr_E); everything else (AMP, EMA, clipping, checkpoints, the
+  non-finite guard) is ``BaseModel``'s.
+* Validation: the configured metrics (``calculate_psnr_matlab`` / ``calculate_ssim_matlab``: Y channel, crop =
+  scale, uint8 round trip), plus ``bicubic_psnr``, the PSNR of MATLAB-bicubic upsampling of the LQ under the
+  same protocol, so a run shows whether it beats the trivial answer. SR images are saved as ``<key>.png`` and
+  the estimated kernels as ``<key>_ker.png``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from codes.data.degradations import degrade, imresize
+from codes.losses import build_loss
+from codes.metrics.psnr_ssim_metric import calculate_psnr_matlab, to_uint8
+from codes.models.base_model import BaseModel
+from codes.utils.build import OptionError
+from codes.utils.registry import MODEL_REGISTRY
+
+__all__ = ['BlindSRModel', 'kernel_to_image']
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KERNEL_OPT = {'type': 'DCLSKernelLoss', 'loss_weight': 1.0}
+
+
+def kernel_to_image(kernel: Tensor, zoom: int = 4) -> np.ndarray:
+    """(1, ks, ks) or (ks, ks) kernel -> (ks·zoom, ks·zoom) uint8 image: negative taps at 0, the maximum at 255
+    (DCLS issue #18), enlarged by pixel repetition."""
+    k = kernel.detach().float().reshape(kernel.shape[-2:]).clamp(min=0).cpu().numpy()
+    peak = k.max()
+    img = np.round(k / peak * 255.0).astype(np.uint8) if peak > 0 else np.zeros(k.shape, np.uint8)
+    return np.kron(img, np.ones((zoom, zoom), np.uint8))
+
+
+@MODEL_REGISTRY.register()
+class BlindSRModel(BaseModel):
+    """Blind SR model: ``lq`` (B, 3, h, w) RGB -> ``(sr (B, 3, s·h, s·w), kernel (B, 1, ks, ks))``."""
+
+    def __init__(self, opt: dict) -> None:
+        net_scale = opt['network_g'].get('scale')
+        top_scale = opt.get('scale')
+        if net_scale is not None and top_scale is not None and net_scale != top_scale:
+            raise OptionError('scale', f'is {top_scale} but network_g.scale is {net_scale}', opt.get('opt_file'))
+        self.scale = int(net_scale or top_scale or 4)
+        super().__init__(opt)
+
+    def _init_training(self) -> None:
+        super()._init_training()
+        kernel_opt = self.opt['train'].get('kernel_opt', DEFAULT_KERNEL_OPT)
+        self.cri_ker = build_loss(kernel_opt, 'train.kernel_opt').to(self.device)
+        if float(getattr(self.cri_ker, 'loss_weight', 1.0)) == 0:
+            self.cri_ker = None
+
+    def optimizer_params(self) -> Any:
+        """Two parameter groups: the Restorer at ``optim_g.lr``, the Estimator at ``train.lr_estimator``."""
+        net = self.bare_net
+        if not (hasattr(net, 'Restorer') and hasattr(net, 'Estimator')):
+            return net.parameters()
+        estimator = {'params': list(net.Estimator.parameters())}
+        lr_e = self.opt['train'].get('lr_estimator')
+        if lr_e is not None:
+            estimator['lr'] = float(lr_e)
+        return [{'params': list(net.Restorer.parameters())}, estimator]
+
+    # ------------------------------------------------------------------------------------------------ data
+    @torch.no_grad()
+    def feed_data(self, data: dict[str, Any]) -> None:
+        """Move a batch to the device; synthesise the LR from ``gt`` and ``kernel`` when the batch has no ``lq``."""
+        self.keys = data.get('key')
+        self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
+        self.lq_blur = self.lq_clean = None
+        if 'lq' in data:
+            self.lq = data['lq'].to(self.device, non_blocking=True)
+        else:
+            if self.gt is None or 'kernel' not in data:
+                raise KeyError("a batch needs 'lq', or 'gt' and 'kernel' (BlindSRHRDataset) to synthesise it")
+            noise = data.get('noise_std')
+            deg = degrade(self.gt, data['kernel'].to(self.device), self.scale,
+                          noise.to(self.device) if noise is not None else None)
+            self.lq, self.lq_blur, self.lq_clean = deg.lq, deg.lq_blur, deg.lq_clean
+
+    def compute_loss(self) -> dict[str, Tensor]:
+        with self.autocast():
+            sr, kernel = self.net_g(self.lq)
+        l_pix = self.cri_pix(sr.float(), self.gt.float())
+        losses = {'l_pix': l_pix}
+        total = l_pix
+        if self.cri_ker is not None:
+            if self.lq_blur is None:  # paired data: the LQ and the bicubic GT stand in for the clean pair
+                with torch.no_grad():
+                    self.lq_blur, self.lq_clean = self.lq, imresize(self.gt, 1.0 / self.scale)
+            l_ker = self.cri_ker(kernel.float(), self.lq_blur, self.lq_clean)
+            losses['l_ker'] = l_ker
+            total = total + l_ker
+        return {'l_total': total, **losses}
+
+    @torch.no_grad()
+    def predict(self, lq: Tensor) -> tuple[Tensor, Tensor]:
+        """Eval-mode forward of ``eval_net`` (EMA if any) in ``val.precision``: float32 ``(sr, kernel)``."""
+        net = self.eval_net
+        was_training = net.training
+        net.eval()
+        with self.autocast(self.eval_dtype):
+            sr, kernel = net(lq.to(self.device))
+        net.train(was_training)
+        return sr.float(), kernel.float()
+
+    # ------------------------------------------------------------------------------------------- validation
+    def validation(self, loader: DataLoader, dataset_name: str, *, image_dir: str | Path | None = None,
+                   submission_dir: str | Path | None = None, max_images: int = 0,
+                   tb_writer: Any = None, current_iter: int = 0) -> dict[str, Any]:
+        """Score every sample of ``loader`` (sharded over ranks); returns ``{'mean': {...}, 'per_image': [...]}``.
+
+        Args:
+            loader: a batch-1 loader of ``PairedBlindSRDataset`` whose sampler shards the dataset.
+            image_dir: write ``<key>.png`` (SR) and ``<key>_ker.png`` (kernel) here for the first ``max_images``
+                samples (``<key>_<iter>...`` during training).
+            submission_dir: not used (blind SR has no submission format).
+            tb_writer: also send those images to TensorBoard.
+        """
+        names = list(self.metrics)
+        records: list[dict[str, Any]] = []
+        start = time.time()
+        for data in loader:
+            self.feed_data(data)
+            sr, kernel = self.predict(self.lq)
+            for i in range(sr.shape[0]):
+                key = self.keys[i] if self.keys is not None else str(len(records))
+                rec: dict[str, Any] = {'key': key}
+                if self.gt is not None:
+                    gt = self.gt[i].float()
+                    for name in names:
+                        rec[name] = float(self.metrics[name](sr[i], gt))
+                    bic = imresize(self.lq[i:i + 1].float(), self.scale)[0].clamp(0, 1)
+                    rec['bicubic_psnr'] = calculate_psnr_matlab(bic, gt, crop_border=self.scale)
+                if self.sample_index(len(records)) < max_images:
+                    self._save_visual(sr[i], kernel[i], key, image_dir, tb_writer, dataset_name, current_iter)
+                records.append(rec)
+        per_image = self._gather(records)
+        value_names = [n for n in names + ['bicubic_psnr'] if per_image and n in per_image[0]]
+        if not current_iter and self.rank == 0:  # test.py: one line per image, as the original test script logs
+            for rec in per_image:
+                logger.info('%s %s: %s', dataset_name, rec['key'],
+                            ', '.join(f'{n}: {rec[n]:.4f}' for n in value_names if n in rec))
+        mean = {n: float(np.mean([r[n] for r in per_image])) for n in value_names}
+        mean['num_samples'] = len(per_image)
+        mean['seconds'] = round(time.time() - start, 3)
+        return {'mean': mean, 'per_image': per_image}
+
+    def _save_visual(self, sr: Tensor, kernel: Tensor, key: str, image_dir: str | Path | None, tb_writer: Any,
+                     dataset_name: str, current_iter: int) -> None:
+        rgb = to_uint8(sr)
+        ker = kernel_to_image(kernel)
+        if image_dir is not None:
+            stem = f'{key}_{current_iter}' if current_iter else key
+            path = Path(image_dir) / f'{stem}.png'
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+                raise OSError(f'could not write {path}')
+            if not cv2.imwrite(str(path.with_name(f'{path.stem}_ker.png')), ker):
+                raise OSError(f'could not write {path.with_name(f"{path.stem}_ker.png")}')
+        if tb_writer is not None:
+            tb_writer.add_image(f'{dataset_name}/{key}', rgb, current_iter, dataformats='HWC')
+            tb_writer.add_image(f'{dataset_name}/{key}_kernel', ker, current_iter, dataformats='HW')
+
