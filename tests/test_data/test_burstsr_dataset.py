@@ -1,6 +1,7 @@
 """BurstSRDataset: normalisation, exposure scaling, frame order, Bayer-preserving flips, bad crops, safe pickles."""
 import io
 import pickle
+import random
 
 import cv2
 import numpy as np
@@ -126,6 +127,7 @@ def test_random_flip_and_center_crop_on_generated_sample(tmp_path):
     full = BurstSRDataset(str(tmp_path / 's'), 'train', crop_size=16, random_frame_order=False)[0]
     assert len(ds) == 1  # the generated bad crop is skipped
     seen = set()
+    random.seed(0)  # the dataset draws from the global generator (seed=None); 12 unseeded draws missed 3 % of runs
     for _ in range(12):
         item = ds[0]
         assert item['lq'].shape == (14, 4, 8, 8) and item['gt'].shape == (3, 64, 64)
