@@ -16,3 +16,13 @@ def sample_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('data') / 'sample'
     ensure_sample_data(str(out))
     return out
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core box they spin (3x slower)."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

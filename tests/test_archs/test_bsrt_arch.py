@@ -16,29 +16,11 @@ from codes.archs.bsrt_arch import BSRT, convert_bsrt_checkpoint
 from codes.archs.swin_blocks import (BasicLayer, PatchEmbed, PatchUnEmbed, compute_shift_mask, relative_position_index,
                                      window_partition, window_reverse)
 from codes.utils.build import OptionError
+from tests.spec_keys import read_spec_keys
 
-SPEC_KEYS = Path('/work/shared/spec/keys')
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 TINY = dict(level=None, embed_dim=12, depths=(1, 1), num_heads=2, burst_size=3)
-
-
-def _read_keys(level: str) -> list[tuple[str, tuple[int, ...]]]:
-    path = SPEC_KEYS / f'bsrt_{level}.txt'
-    if not path.is_file():
-        pytest.skip(f'spec key file {path} not available')
-    rows = []
-    for line in path.read_text().splitlines():
-        key, shape = line.split('\t')
-        rows.append((key, tuple(int(s) for s in shape.strip('()').split(',') if s.strip())))
-    return rows
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core box they spin (3x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope='module')
@@ -53,7 +35,7 @@ def test_keys_shapes_and_counts(level: str, total: int, n_tensors: int, n_blocks
     with torch.device('meta'):
         model = BSRT(level=level)
     got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    assert got == _read_keys(level)
+    assert got == read_spec_keys(f'bsrt_{level}.txt')
     assert len(got) == n_tensors
     assert sum(p.numel() for p in model.parameters()) == total
     assert sum(p.numel() for p in model.spynet.parameters()) == 1_440_300

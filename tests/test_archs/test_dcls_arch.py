@@ -12,32 +12,15 @@ from codes.archs import build_network
 from codes.archs.dcls_arch import (CLS, DCLS, DPCAB, DPCAG, Estimator, cls_deconv, legacy_irfft2, otf2psf,
                                    psf2otf)
 from codes.utils.checkpoint import load_network
+from tests.spec_keys import read_spec_keys
 
-SPEC_KEYS = Path('/work/shared/spec/keys')
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 TINY = dict(nf=16, nb=1, ng=1, input_para=16)
 # (scale, kernel_size) -> (total, Estimator, tensors), dcls.md §6
 COUNTS = {(2, 21): (13_478_475, 6_695_136, 962), (3, 21): (13_663_115, 6_695_136, 962),
           (4, 21): (13_626_187, 6_695_136, 964), (2, 11): (8_905_931, 2_122_592, 962),
           (4, 31): (19_054_027, 12_122_976, 966)}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _read_keys(scale: int, ks: int) -> list[tuple[str, tuple[int, ...]]]:
-    path = SPEC_KEYS / f'dcls_x{scale}_k{ks}.txt'
-    if not path.is_file():
-        pytest.skip(f'spec key file {path} not available')
-    rows = []
-    for line in path.read_text().splitlines():
-        key, shape = line.split('\t')
-        rows.append((key, tuple(int(s) for s in shape.strip('()').split(',') if s.strip())))
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------------- structure
@@ -56,7 +39,7 @@ def test_parameter_counts(scale: int, ks: int) -> None:
 def test_keys_match_spec(scale: int, ks: int) -> None:
     with torch.device('meta'):
         net = build_network({'type': 'DCLS', 'scale': scale, 'kernel_size': ks})
-    assert [(k, tuple(v.shape)) for k, v in net.state_dict().items()] == _read_keys(scale, ks)
+    assert [(k, tuple(v.shape)) for k, v in net.state_dict().items()] == read_spec_keys(f'dcls_x{scale}_k{ks}.txt')
 
 
 def test_bad_options_raise() -> None:

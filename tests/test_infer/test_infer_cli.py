@@ -15,16 +15,11 @@ from codes.utils.checkpoint import CheckpointError
 from codes.data.camera_pipeline import mosaic, unpack_raw
 from tests.test_infer.helpers import mosaic_counts, photo_rgb, seam_distance, tiny_bsrt, write_dng, write_png_burst
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 TINY_DCLS = {'type': 'DCLS', 'scale': 2, 'kernel_size': 11, 'nf': 8, 'nb': 1, 'ng': 1, 'reduction': 2,
              'input_para': 16}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope='module')

@@ -7,13 +7,8 @@ from codes.utils.tiling import pad_to_multiple, ramp_weights, round_tile, tile_s
 from tests.test_infer.helpers import photo_rgb, seam_distance, tiny_bsrt
 from codes.data.camera_pipeline import mosaic
 
+pytestmark = pytest.mark.usefixtures('one_thread')
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class _Counter:

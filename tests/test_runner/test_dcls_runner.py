@@ -17,16 +17,11 @@ from codes.test import test_pipeline as run_test_pipeline
 from codes.train import train_pipeline
 from codes.utils.options import load_yaml, normalize_options, validate_options
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_NET = {'type': 'DCLS', 'scale': 2, 'kernel_size': 11, 'nf': 16, 'nb': 1, 'ng': 1, 'input_para': 8}
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope='module')
