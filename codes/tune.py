@@ -772,7 +772,6 @@ def _write_results(study: Any, s: _Setup) -> None:
 
 def tune_pipeline(root_path: str | Path, argv: list[str] | None = None) -> Any:
     """Run (or join, or resume) a study from the command line ``argv``; returns the Optuna study."""
-    import optuna
     from optuna.trial import TrialState
     args = build_tune_parser().parse_args(argv)
     if int(os.environ.get('WORLD_SIZE', 1)) > 1:

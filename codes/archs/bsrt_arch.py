@@ -307,7 +307,7 @@ class BSRT(nn.Module):
         self.check_input(x)
         b, n, _, h, w = x.shape
         hr, wr = 2 * h, 2 * w  # raw mosaic size
-        nf, c = self.num_feat, self.embed_dim
+        nf = self.num_feat
         act = self.lrelu
         frames = x.reshape(b * n, 4, h, w)
 

@@ -65,7 +65,8 @@ class BaseModel:
         path = opt.get('path', {})
         self.pretrained = path.get('pretrain_network_g')
         if self.pretrained:
-            load_network(self.net_g, self.pretrained, path.get('strict_load_g', True), path.get('param_key_g', 'params'))
+            load_network(self.net_g, self.pretrained, path.get('strict_load_g', True),
+                         path.get('param_key_g', 'params'))
         self.net_g_ema: nn.Module | None = None
         self.amp_dtype = _DTYPES[opt.get('train', {}).get('precision', 'fp32')]
         self.eval_dtype = _DTYPES[opt.get('val', {}).get('precision', 'fp32')]

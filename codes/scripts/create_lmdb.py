@@ -41,7 +41,8 @@ import numpy as np
 from codes.data.io_backend import (FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, IMAGE_EXTENSIONS, LAYOUTS, META_PREFIX,
                                    LmdbBackend, ValueInfo, format_meta_line, is_lmdb, key_from_name, natural_key)
 
-__all__ = ['Entry', 'BuildSummary', 'BuildError', 'collect_entries', 'encode_entry', 'create_lmdb', 'verify_lmdb', 'main']
+__all__ = ['Entry', 'BuildSummary', 'BuildError', 'collect_entries', 'encode_entry', 'create_lmdb', 'verify_lmdb',
+           'main']
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from codes.scripts.make_sample_data import read_marker
+
 __all__ = ['make_burstsr_sample', 'ensure_burstsr_sample', 'is_complete', 'dump_exif_pickle', 'main']
 
 logger = logging.getLogger(__name__)
@@ -194,12 +196,7 @@ def _expected_files(marker: dict) -> list[str]:
 
 
 def _read_marker(out: Path) -> dict | None:
-    try:
-        with open(out / MARKER, encoding='utf-8') as f:
-            marker = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) and marker.get('version') == FORMAT_VERSION else None
+    return read_marker(out / MARKER, FORMAT_VERSION)
 
 
 def is_complete(out: str | os.PathLike) -> bool:

@@ -9,8 +9,8 @@
 * ``OUT/SyntheticBurstVal/{bursts,gt}/XXXX/``: ``--num-val`` bursts in the official SyntheticBurstVal format (14
   frames of 48×48 packed RGGB, 384×384 GT; uint16 PNGs × 2^14 written by OpenCV, ``meta_info.pkl`` a plain pickle
   of the meta dict with torch tensors plus ``frame_num``), synthesised from *other* photographs (chelsea, the right
-  motorcycle view, camera and brick; the last two are grey, made RGB) with the spec's pipeline. They are fed in RGB order, as DBSR's
-  generator (which made the official set) loads images. Read it with ``SyntheticBurstValDataset``.
+  motorcycle view, camera and brick; the last two are grey, made RGB) with the spec's pipeline. They are fed in
+  RGB order, as DBSR's generator (which made the official set) loads images. Read it with ``SyntheticBurstValDataset``.
 
 No network is needed: ``skimage.data.<name>()`` loads the copies shipped in the wheel. Generation is seeded and
 idempotent: a complete output (``sample_data.json`` plus the files it lists) is left alone unless ``--overwrite``.
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the heavy imports happen only when something is generated
 
     from codes.data.synthetic_burst_dataset import SyntheticBurst
 
-__all__ = ['ensure_sample_data', 'make_sample_data', 'is_complete', 'synthesize_val_burst', 'main']
+__all__ = ['ensure_sample_data', 'make_sample_data', 'is_complete', 'read_marker', 'synthesize_val_burst', 'main']
 
 logger = logging.getLogger(__name__)
 
@@ -155,13 +155,18 @@ def _expected_files(num_train: int, num_val: int) -> list[str]:
     return files
 
 
-def _read_marker(out: Path) -> dict | None:
+def read_marker(path: str | os.PathLike, version: int) -> dict | None:
+    """The JSON marker dict at ``path`` if it is readable and of format ``version``, else None."""
     try:
-        with open(out / MARKER, encoding='utf-8') as f:
+        with open(path, encoding='utf-8') as f:
             marker = json.load(f)
     except (OSError, ValueError):
         return None
-    return marker if isinstance(marker, dict) and marker.get('version') == FORMAT_VERSION else None
+    return marker if isinstance(marker, dict) and marker.get('version') == version else None
+
+
+def _read_marker(out: Path) -> dict | None:
+    return read_marker(out / MARKER, FORMAT_VERSION)
 
 
 def is_complete(out: str | os.PathLike) -> bool:

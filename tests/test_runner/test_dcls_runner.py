@@ -16,6 +16,7 @@ from codes.scripts.make_gaussian8 import make_gaussian8
 from codes.test import test_pipeline as run_test_pipeline
 from codes.train import train_pipeline
 from codes.utils.options import load_yaml, normalize_options, validate_options
+from tests.test_runner.tiny import run_torchrun
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -186,21 +187,12 @@ def test_divergence_guard_rolls_back_weights_and_optimizer(data: Path, tmp_path:
 @pytest.mark.skipif(not torch.distributed.is_available(), reason='torch.distributed missing')
 def test_two_process_gloo_training(data: Path, tmp_path: Path) -> None:
     """Under torchrun: per-rank data, identical weights on both ranks, validation sharded and gathered exactly."""
-    import os
-    import subprocess
-    import sys
     opt = _options(data, tmp_path, total_iter=2)
     opt['datasets']['train']['batch_size_per_gpu'] = 1
     path = tmp_path / 'ddp.yml'
     path.write_text(yaml.safe_dump(opt))
     out = tmp_path / 'weights'
-    out.mkdir()
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-           str(29700 + os.getpid() % 1000), str(ROOT / 'tests' / 'test_runner' / 'ddp_worker.py'), str(out),
-           '-opt', str(path)]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_torchrun(path, out, 2, port_offset=300)
     w0, w1 = (torch.load(out / f'rank{r}.pth', weights_only=True) for r in range(2))
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     rec = json.loads((tmp_path / 'exp' / 'metrics.jsonl').read_text().splitlines()[-1])

@@ -97,4 +97,5 @@ def test_parse_options_end_to_end(tmp_path, monkeypatch):
     with pytest.raises(OptionError, match=r"bad.yml: option 'logger.print_frq': unknown key"):
         parse_options(tmp_path, True, ['-opt', str(bad)])
     with pytest.raises(OptionError, match=r"bad.yml: option 'network_g.depths\[0\]': expected an integer"):
-        parse_options(tmp_path, True, ['-opt', str(bad), '--force_yml', 'logger={print_freq: 1}', 'network_g.depths=[a, 1]'])
+        parse_options(tmp_path, True,
+                      ['-opt', str(bad), '--force_yml', 'logger={print_freq: 1}', 'network_g.depths=[a, 1]'])

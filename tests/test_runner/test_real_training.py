@@ -1,9 +1,6 @@
 """Real-track runs on a generated BurstSR-format set: AlignedL1 fine-tuning (one process, and two gloo processes
 under torchrun) from a "synthetic" checkpoint, then test.py with aligned metrics and real-track sRGB images."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,7 +13,7 @@ from codes.test import test_pipeline as run_test_pipeline
 from codes.train import train_pipeline
 from codes.utils.checkpoint import atomic_save
 from tests.test_runner.test_training import losses_from_log
-from tests.test_runner.tiny import TINY_NET, write_options
+from tests.test_runner.tiny import TINY_NET, run_torchrun, write_options
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_VAL = 2
@@ -118,13 +115,7 @@ def test_two_process_gloo_fine_tuning(burstsr, tmp_path):
     opt = real_options(tmp_path, data, ckpt, 'real_ddp', total_iter=2, batch=1)  # global batch 2
     path = write_options(tmp_path / 'ddp.yml', opt)
     out = tmp_path / 'weights'
-    out.mkdir()
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-           str(29700 + os.getpid() % 1000), str(ROOT / 'tests' / 'test_runner' / 'ddp_worker.py'), str(out),
-           '-opt', str(path)]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_torchrun(path, out, 2, port_offset=200)
     exp = Path(opt['path']['experiments_root'])
     losses = losses_from_log(exp)
     assert len(losses) == 2 and all(0 < v < 1 for v in losses)

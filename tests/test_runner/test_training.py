@@ -1,6 +1,5 @@
 """End-to-end runs of the training and test pipelines on a tiny BSRT and the sample data (CPU)."""
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from codes.test import test_pipeline as run_test_pipeline
 from codes.train import train_pipeline
 from codes.utils.checkpoint import load_file
 from codes.utils.options import normalize_options, validate_options
-from tests.test_runner.tiny import tiny_options, write_options
+from tests.test_runner.tiny import run_torchrun, tiny_options, write_options
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,13 +133,7 @@ def test_two_process_gloo_matches_single_process(tmp_path, sample_data):
         opt['datasets']['train']['batch_size_per_gpu'] = 2 // world  # same global batch
         path = write_options(tmp_path / f'ddp{world}.yml', opt)
         out = tmp_path / f'weights{world}'
-        out.mkdir()
-        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(world), '--master_port',
-               str(29500 + world + os.getpid() % 1000), str(ROOT / 'tests' / 'test_runner' / 'ddp_worker.py'),
-               str(out), '-opt', str(path)]
-        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        run_torchrun(path, out, world, port_offset=world)
         exp = Path(opt['path']['experiments_root'])
         runs[world] = {
             'loss': losses_from_log(exp)[0],

@@ -32,3 +32,19 @@ def tiny_options(tmp_path: Path, sample: Path, name: str = 'tiny', total_iter: i
 def write_options(path: Path, opt: dict) -> Path:
     path.write_text(yaml.safe_dump(opt))
     return path
+
+
+def run_torchrun(option_file: Path, out: Path, nproc: int, port_offset: int = 0) -> None:
+    """Run ``ddp_worker.py`` (train.py that also saves each rank's weights to ``out/rank<r>.pth``) under
+    ``torch.distributed.run`` with ``nproc`` CPU processes (gloo); fails the test with its output otherwise."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[2]
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(root)}
+    port = 29500 + port_offset + os.getpid() % 1000
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(port),
+           str(root / 'tests' / 'test_runner' / 'ddp_worker.py'), str(out), '-opt', str(option_file)]
+    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
