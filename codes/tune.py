@@ -632,7 +632,10 @@ def _run_child(s: _Setup, trial_file: Path, reporter: '_Reporter') -> str | None
     failure reason, or None."""
     import multiprocessing
     import signal
-    ctx = multiprocessing.get_context(s.cfg.get('start_method', 'spawn'))
+    method = s.cfg.get('start_method', 'spawn')
+    ctx = multiprocessing.get_context(method)
+    if method == 'forkserver':  # the server imports torch and the runner once; each trial forks from it
+        ctx.set_forkserver_preload(['codes.tune', 'codes.train'])
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_trial_child, args=(str(s.root), str(trial_file), child), name='tune-trial')
     proc.start()

@@ -25,7 +25,6 @@ restricted unpickler is exercised exactly as on the real data. The training spli
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pickle
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from codes.scripts.make_sample_data import read_marker
+from codes.scripts.make_sample_data import install_sample, read_marker
 
 __all__ = ['make_burstsr_sample', 'ensure_burstsr_sample', 'is_complete', 'dump_exif_pickle', 'main']
 
@@ -239,17 +238,7 @@ def make_burstsr_sample(out: str | os.PathLike = 'datasets/burstsr_sample', num_
                     photos[photo_name] = torch.from_numpy(_load_photo(photo_name)).permute(2, 0, 1)
                 _write_crop(tmp / split / name, photos[photo_name], crop_size, rng, flat=name == BAD_CROP)
         marker = {'version': FORMAT_VERSION, 'seed': seed, 'crop_size': crop_size, **splits}
-        out.mkdir(exist_ok=True)
-        (out / MARKER).unlink(missing_ok=True)
-        for split in splits:
-            if (out / split).exists():
-                shutil.rmtree(out / split)
-            if (tmp / split).exists():
-                os.replace(tmp / split, out / split)
-            else:
-                (out / split).mkdir()
-        with open(out / MARKER, 'w', encoding='utf-8') as f:
-            json.dump(marker, f, indent=2)
+        install_sample(tmp, out, tuple(splits), MARKER, marker)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f'{out}: wrote {num_train} (+1 bad) training and {num_val} validation BurstSR-format crops '

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the heavy imports happen only when something is generated
 
     from codes.data.synthetic_burst_dataset import SyntheticBurst
 
-__all__ = ['ensure_sample_data', 'make_sample_data', 'is_complete', 'read_marker', 'synthesize_val_burst', 'main']
+__all__ = ['ensure_sample_data', 'make_sample_data', 'is_complete', 'read_marker', 'install_sample', 'synthesize_val_burst', 'main']
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +169,22 @@ def _read_marker(out: Path) -> dict | None:
     return read_marker(out / MARKER, FORMAT_VERSION)
 
 
+def install_sample(tmp: Path, out: Path, subdirs: Sequence[str], marker_name: str, marker: dict) -> None:
+    """Move ``subdirs`` of the finished temporary folder ``tmp`` into ``out`` (replacing old ones; a subfolder
+    missing from ``tmp`` becomes an empty one) and write the marker last, so ``out`` never looks complete early."""
+    out.mkdir(exist_ok=True)
+    (out / marker_name).unlink(missing_ok=True)
+    for sub in subdirs:
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+        if (tmp / sub).exists():
+            os.replace(tmp / sub, out / sub)
+        else:
+            (out / sub).mkdir()
+    with open(out / marker_name, 'w', encoding='utf-8') as f:
+        json.dump(marker, f, indent=2)
+
+
 def is_complete(out: str | os.PathLike) -> bool:
     """Whether ``out`` holds a finished sample (its marker file and every file the marker implies)."""
     out = Path(out)
@@ -203,14 +219,7 @@ def make_sample_data(out: str | os.PathLike = 'datasets/sample', num_val: int = 
         _write_val(tmp, num_val, seed)
         marker = {'version': FORMAT_VERSION, 'num_train': num_train, 'num_val': num_val, 'seed': seed,
                   'train_photos': [name for name, _ in TRAIN_PHOTOS], 'val_photos': list(VAL_PHOTOS)}
-        out.mkdir(exist_ok=True)
-        (out / MARKER).unlink(missing_ok=True)
-        for sub in ('zurich', 'SyntheticBurstVal'):
-            if (out / sub).exists():
-                shutil.rmtree(out / sub)
-            os.replace(tmp / sub, out / sub)
-        with open(out / MARKER, 'w', encoding='utf-8') as f:
-            json.dump(marker, f, indent=2)
+        install_sample(tmp, out, ('zurich', 'SyntheticBurstVal'), MARKER, marker)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f'{out}: wrote {num_train} training images (zurich/train/canon, {TRAIN_SIZE}x{TRAIN_SIZE} JPEG) and '

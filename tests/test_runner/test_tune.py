@@ -32,7 +32,7 @@ def tune_file(tmp: Path, sample: Path, name: str, search_space: dict, tune: dict
     opt['val'].update(val_freq=val_freq, save_img=False)
     opt['search_space'] = search_space
     # fork starts a trial's process without re-importing torch (the default, spawn, is what CUDA needs)
-    opt['tune'] = {'max_iters': 1, 'limit_val_batches': 1, 'heartbeat_interval': 5, 'start_method': 'fork', **tune}
+    opt['tune'] = {'max_iters': 1, 'limit_val_batches': 1, 'heartbeat_interval': 5, 'start_method': 'forkserver', **tune}
     return write_options(tmp / f'{name}.yml', opt)
 
 
