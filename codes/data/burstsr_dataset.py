@@ -118,9 +118,11 @@ def _black_level(meta: Mapping[str, Any], count: int, source: str) -> np.ndarray
 
 def normalize_samsung(raw: np.ndarray, black_level: Sequence[float]) -> Tensor:
     """(h, w, 4) uint16 packed RGGB -> (4, h, w) float32 = (int16(raw) − black_level) / 1023 (not clamped)."""
-    level = torch.as_tensor(np.asarray(black_level, dtype=np.float32).reshape(4, 1, 1))
-    data = torch.from_numpy(raw.astype(np.int16).astype(np.float32)).permute(2, 0, 1)
-    return (data - level) / SAMSUNG_NORM
+    level = np.asarray(black_level, dtype=np.float32).reshape(4, 1, 1)
+    data = raw.astype(np.int16).transpose(2, 0, 1).astype(np.float32, order='C')  # one contiguous (4, h, w) copy
+    data -= level
+    data /= np.float32(SAMSUNG_NORM)
+    return torch.from_numpy(data)
 
 
 def normalize_canon(rgb: np.ndarray, black_level: Sequence[float]) -> Tensor:
@@ -128,8 +130,10 @@ def normalize_canon(rgb: np.ndarray, black_level: Sequence[float]) -> Tensor:
     level = np.asarray(black_level, dtype=np.float32).reshape(-1)
     if level.size == 4:
         level = level[[0, 1, 3]]
-    data = torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)
-    return (data - torch.as_tensor(level.reshape(3, 1, 1))) / CANON_NORM
+    data = rgb.transpose(2, 0, 1).astype(np.float32, order='C')  # one contiguous (3, H, W) copy, then in place
+    data -= level.reshape(3, 1, 1)
+    data /= np.float32(CANON_NORM)
+    return torch.from_numpy(data)
 
 
 def bayer_flip(burst: Tensor, gt: Tensor, horizontal: bool, vertical: bool) -> tuple[Tensor, Tensor]:
