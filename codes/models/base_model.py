@@ -77,6 +77,8 @@ class BaseModel:
             name: build_metric(m, f'val.metrics.{name}') for name, m in metrics.items()}
         self.better = {name: m.get('better', 'higher') for name, m in metrics.items()}
         self._unavailable: set[str] = set()
+        self.warmup_iter = 0
+        self.guard_metric: str | None = None  # both set from train.* by _init_training
         if self.is_train:
             self._init_training()
 
@@ -118,7 +120,7 @@ class BaseModel:
             g.setdefault('initial_lr', g['lr'])
         self.nan_skip_limit = int(train.get('nan_skip_limit', 100))
         guard = train.get('divergence_guard') or {}
-        self.guard_metric: str | None = guard.get('metric')
+        self.guard_metric = guard.get('metric')
         self.guard_max_drop = float(guard.get('max_drop', 3.0))
         self.guard_lr_factor = float(guard.get('lr_factor', 0.5))
         if self.guard_metric is not None and self.guard_metric not in self.metrics:
@@ -172,7 +174,7 @@ class BaseModel:
         stepped as usual and takes over afterwards.
         """
         self.apply_freeze(current_iter)
-        if current_iter <= getattr(self, 'warmup_iter', 0):
+        if current_iter <= self.warmup_iter:
             for g in self.optimizer.param_groups:
                 g['lr'] = g['initial_lr'] * current_iter / self.warmup_iter
         self.net_g.train()
@@ -261,7 +263,6 @@ class BaseModel:
                 improved.append(name)
         return improved
 
-
     def guard_divergence(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> bool:
         """The divergence guard (``train.divergence_guard``), called after each validation and ``update_best``.
 
@@ -270,7 +271,7 @@ class BaseModel:
         rate is multiplied by ``lr_factor``, and True is returned. Otherwise the current state becomes the last good
         one (a CPU copy). All ranks see the same gathered metrics, so they decide alike.
         """
-        metric = getattr(self, 'guard_metric', None)
+        metric = self.guard_metric
         if not metric or metric not in mean:
             return False
         value, best = mean[metric], self.best.get(dataset_name, {}).get(metric)
