@@ -42,7 +42,7 @@ from codes.data.burst_inputs import find_bursts, read_burst, render_srgb, select
 from codes.utils.build import OptionError
 from codes.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_network
 from codes.utils.logger import format_options, setup_logging
-from codes.utils.options import PRECISIONS, REQUIRED, TYPED_ARCH, _validate, apply_overrides, load_yaml
+from codes.utils.options import PRECISIONS, REQUIRED, TYPED_ARCH, apply_overrides, load_yaml, validate_block
 from codes.utils.tiling import tiled_forward
 
 __all__ = ['infer_pipeline', 'INFER_SCHEMA', 'build_infer_arg_parser', 'load_inference_network', 'save_linear',
@@ -123,11 +123,11 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
     if raw.get('tile') == 0:
         raw['tile'] = None
     try:
-        opt = _validate(raw, INFER_SCHEMA, '')
+        opt = validate_block(raw, INFER_SCHEMA, '', file)
     except OptionError as exc:
         if not file and exc.detail == 'required key is missing':
             raise OptionError(exc.where, f'required: give --{exc.where} (or -opt with an option file)') from None
-        raise exc.with_file(file) if file and not exc.file else exc from None
+        raise
     for key, value in DEFAULTS.items():
         opt.setdefault(key, value)
     if opt.get('tile') is not None and opt['tile'] < 1:

@@ -407,8 +407,8 @@ def _prepare(root: Path, args: argparse.Namespace) -> _Setup:
     params = parse_search_space(raw.pop('search_space'), file)
     cfg = validate_block(raw.pop('tune') or {}, TUNE_SCHEMA, 'tune', file)
     if raw.get('prepare_sample_data'):
-        from codes.utils.options import _prepare_sample_data
-        _prepare_sample_data(str(raw['prepare_sample_data']))
+        from codes.utils.options import prepare_sample_data
+        prepare_sample_data(str(raw['prepare_sample_data']))
     base = raw
     validate_options(base, file)  # the base alone (full budget) must be a valid training file
     budgeted = _with_budget(base, cfg)

@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # the heavy imports happen only when something is generated
 
     from codes.data.synthetic_burst_dataset import SyntheticBurst
 
-__all__ = ['ensure_sample_data', 'make_sample_data', 'is_complete', 'read_marker', 'install_sample', 'synthesize_val_burst', 'main']
+__all__ = ['ensure_sample_data', 'make_sample_data', 'is_complete', 'read_marker', 'install_sample',
+           'synthesize_val_burst', 'main']
 
 logger = logging.getLogger(__name__)
 

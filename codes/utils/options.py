@@ -22,7 +22,8 @@ import yaml
 from codes.utils.build import OptionError, check_kwargs, coerce_value
 
 __all__ = ['load_yaml', 'dump_yaml', 'apply_overrides', 'validate_options', 'validate_block', 'normalize_options',
-           'parse_options', 'build_arg_parser', 'check_limit', 'PRECISIONS', 'OptionError', 'SCHEMA']
+           'parse_options', 'build_arg_parser', 'check_limit', 'prepare_sample_data', 'PRECISIONS', 'OptionError',
+           'SCHEMA']
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 DATASETS_README = 'datasets/README.md'
@@ -350,7 +351,7 @@ def build_arg_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _prepare_sample_data(out: str, blind: bool = False) -> None:
+def prepare_sample_data(out: str, blind: bool = False) -> None:
     """Generate the sample data once, even when several ranks start together (a file lock serialises them).
 
     ``blind`` selects the single-image blind-SR sample set (``codes.scripts.make_blind_sr_sample``) instead of the
@@ -373,9 +374,9 @@ def parse_options(root: str | os.PathLike, is_train: bool, argv: list[str] | Non
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     raw = apply_overrides(load_yaml(args.opt), args.force_yml, args.opt)
     if raw.get('prepare_sample_data'):
-        _prepare_sample_data(str(raw['prepare_sample_data']))
+        prepare_sample_data(str(raw['prepare_sample_data']))
     if raw.get('prepare_blind_sample_data'):
-        _prepare_sample_data(str(raw['prepare_blind_sample_data']), blind=True)
+        prepare_sample_data(str(raw['prepare_blind_sample_data']), blind=True)
     opt = validate_options(raw, args.opt, is_train)
     opt = normalize_options(opt, root, is_train, args.debug)
     opt['opt_file'] = str(args.opt)

@@ -31,8 +31,10 @@ def tune_file(tmp: Path, sample: Path, name: str, search_space: dict, tune: dict
                               'crop_size': 256, 'seed': 11}  # fixed seed: the same bursts at every validation
     opt['val'].update(val_freq=val_freq, save_img=False)
     opt['search_space'] = search_space
-    # fork starts a trial's process without re-importing torch (the default, spawn, is what CUDA needs)
-    opt['tune'] = {'max_iters': 1, 'limit_val_batches': 1, 'heartbeat_interval': 5, 'start_method': 'forkserver', **tune}
+    # a preloaded forkserver starts a trial without re-importing torch, and (unlike fork) cannot inherit a busy
+    # OpenMP pool from the test process
+    opt['tune'] = {'max_iters': 1, 'limit_val_batches': 1, 'heartbeat_interval': 5, 'start_method': 'forkserver',
+                   **tune}
     return write_options(tmp / f'{name}.yml', opt)
 
 
