@@ -48,8 +48,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from codes.utils.options import (LIMIT, OptionError, apply_overrides, load_yaml, parse_value, validate_block,
-                                 validate_options)
+from codes.utils.options import (LIMIT, OptionError, apply_overrides, load_yaml, parse_value, set_by_path,
+                                 validate_block, validate_options)
 from codes.utils.logger import setup_logging
 
 __all__ = ['tune_pipeline', 'build_tune_parser', 'SearchParam', 'parse_search_space', 'apply_params',
@@ -218,16 +218,7 @@ def _parse_spec(key: str, spec: Any, where: str, file: str | None) -> SearchPara
 
 
 def _set_path(tree: dict, key: str, value: Any) -> None:
-    parts = key.split('.')
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise OptionError('.'.join(parts[:i + 1]), f"is {child!r}, not a mapping: cannot set '{key}'")
-        node = child
-    node[parts[-1]] = value
+    set_by_path(tree, key.split('.'), value)
 
 
 def apply_params(base: Mapping[str, Any], params: list[SearchParam], raw: Mapping[str, Any]) -> dict:

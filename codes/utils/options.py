@@ -22,8 +22,8 @@ import yaml
 from codes.utils.build import OptionError, check_kwargs, coerce_value
 
 __all__ = ['load_yaml', 'dump_yaml', 'apply_overrides', 'validate_options', 'validate_block', 'normalize_options',
-           'parse_options', 'build_arg_parser', 'check_limit', 'prepare_sample_data', 'PRECISIONS', 'OptionError',
-           'SCHEMA']
+           'parse_options', 'build_arg_parser', 'check_limit', 'prepare_sample_data', 'set_by_path', 'PRECISIONS',
+           'OptionError', 'SCHEMA']
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 DATASETS_README = 'datasets/README.md'
@@ -87,16 +87,23 @@ def apply_overrides(opt: dict, overrides: list[str], file: str | None = None) ->
         parts = [p for p in re.split(r'[.:]', key.strip()) if p]
         if not parts:
             raise OptionError('', f"override '{item}' has an empty key", file)
-        node = opt
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise OptionError('.'.join(parts[:i + 1]), f"is {child!r}, not a mapping: cannot set '{key}'", file)
-            node = child
-        node[parts[-1]] = parse_value(text)
+        set_by_path(opt, parts, parse_value(text), file)
     return opt
+
+
+def set_by_path(tree: dict, parts: list[str], value: Any, file: str | None = None) -> None:
+    """Set ``tree[parts[0]][parts[1]]... = value`` in place, adding missing mappings; a non-mapping on the way is
+    an ``OptionError`` naming the key path (and ``file``)."""
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise OptionError('.'.join(parts[:i + 1]),
+                              f"is {child!r}, not a mapping: cannot set '{'.'.join(parts)}'", file)
+        node = child
+    node[parts[-1]] = value
 
 
 # ---------------------------------------------------------------------------------------------- schema
