@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from codes.test import test_pipeline
+from codes.utils.errors import run_cli
 
 if __name__ == '__main__':
-    test_pipeline(Path(__file__).resolve().parent)
+    run_cli(lambda: test_pipeline(Path(__file__).resolve().parent), 'test.py')

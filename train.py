@@ -6,6 +6,7 @@ accepted for old launch scripts; the process group is taken from the environment
 from pathlib import Path
 
 from codes.train import train_pipeline
+from codes.utils.errors import run_cli
 
 if __name__ == '__main__':
-    train_pipeline(Path(__file__).resolve().parent)
+    run_cli(lambda: train_pipeline(Path(__file__).resolve().parent), 'train.py')

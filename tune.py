@@ -7,6 +7,7 @@ URL, e.g. ``postgresql://user:pass@host/db``); the default is a SQLite file unde
 from pathlib import Path
 
 from codes.tune import tune_pipeline
+from codes.utils.errors import run_cli
 
 if __name__ == '__main__':
-    tune_pipeline(Path(__file__).resolve().parent)
+    run_cli(lambda: tune_pipeline(Path(__file__).resolve().parent), 'tune.py')

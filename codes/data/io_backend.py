@@ -47,6 +47,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import cv2
 import numpy as np
 
+from codes.utils.errors import UserError
+
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUTS', 'IMAGE_EXTENSIONS',
            'IO_BACKEND_KEYS', 'ValueInfo', 'LmdbError', 'LmdbFormatError', 'CorruptValueError', 'MissingKeyError',
            'check_io_backend', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb', 'DiskBackend',
@@ -69,7 +71,7 @@ DEFAULT_MAX_READERS = 1024
 
 
 # ---------------------------------------------------------------------------------------------------- errors
-class LmdbError(Exception):
+class LmdbError(UserError):
     """Base class of the LMDB errors; ``db`` and ``key`` name the database and the key (None if not one key)."""
 
     def __init__(self, db: str, message: str, key: str | None = None) -> None:

@@ -38,6 +38,7 @@ from typing import Callable, NamedTuple, Sequence
 import cv2
 import numpy as np
 
+from codes.utils.errors import UserError
 from codes.data.io_backend import (FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, IMAGE_EXTENSIONS, LAYOUTS, META_PREFIX,
                                    LmdbBackend, ValueInfo, format_meta_line, is_lmdb, key_from_name, natural_key)
 
@@ -76,7 +77,7 @@ class BuildSummary(NamedTuple):
     verified: int | None
 
 
-class BuildError(ValueError):
+class BuildError(UserError, ValueError):
     """Bad input for a build (layout, duplicate keys, existing output, ...)."""
 
 

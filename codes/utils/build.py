@@ -14,12 +14,13 @@ import types
 import typing
 from typing import Any, Mapping
 
+from codes.utils.errors import UserError
 from codes.utils.registry import Registry
 
 __all__ = ['OptionError', 'build_from_registry', 'check_kwargs', 'coerce_value']
 
 
-class OptionError(ValueError):
+class OptionError(UserError, ValueError):
     """A wrong option file: the message names the file (when known) and the key path."""
 
     def __init__(self, where: str, message: str, file: str | None = None) -> None:

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from codes.utils.errors import UserError
+
 __all__ = ['atomic_save', 'load_file', 'extract_state_dict', 'load_network', 'get_rng_states', 'set_rng_states',
            'find_resume_state', 'CheckpointError']
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A file that is not the checkpoint it should be; the message names the file."""
 
 
