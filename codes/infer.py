@@ -42,7 +42,9 @@ from codes.data.burst_inputs import find_bursts, read_burst, render_srgb, select
 from codes.utils.build import OptionError
 from codes.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_network
 from codes.utils.logger import format_options, setup_logging
-from codes.utils.options import PRECISIONS, REQUIRED, TYPED_ARCH, apply_overrides, load_yaml, validate_block
+from codes.utils.build import OptionErrors
+from codes.utils.options import (PRECISIONS, TYPED_ARCH, Key, add_common_flags, apply_overrides, fill_defaults,
+                                 print_options, read_options, validate_block)
 from codes.utils.tiling import tiled_forward
 
 __all__ = ['infer_pipeline', 'INFER_SCHEMA', 'build_infer_arg_parser', 'load_inference_network', 'save_linear',
@@ -52,26 +54,23 @@ logger = logging.getLogger('codes.infer')
 
 INPUT_KINDS = ('auto', 'png', 'raw', 'burstsr', 'image')
 
-#: Keys of an inference option file (``options/infer.yml``).
+#: Keys of an inference option file (``options/infer.yml``), with their defaults.
 INFER_SCHEMA: dict[str, Any] = {
-    'name': str,
-    'weights': (str, REQUIRED),
-    'input': (str, REQUIRED),
-    'output': (str, REQUIRED),
-    'network_g': TYPED_ARCH,
-    'param_key': ('auto', 'params', 'params_ema'),
-    'device': str,
-    'precision': PRECISIONS,
-    'tile': int | None,
-    'tile_overlap': int,
-    'input_kind': INPUT_KINDS,
-    'linear_format': ('png', 'tiff'),
-    'save_linear': bool,
-    'kernel': str | None,
+    'name': Key(str, 'infer'),
+    'weights': Key(str, required=True),
+    'input': Key(str, required=True),
+    'output': Key(str, required=True),
+    'network_g': Key(TYPED_ARCH),
+    'param_key': Key(('auto', 'params', 'params_ema'), 'auto'),
+    'device': Key(str, 'auto'),
+    'precision': Key(PRECISIONS, 'fp32'),
+    'tile': Key(int | None, None, minimum=1),  # 0 on the command line: none
+    'tile_overlap': Key(int, 8, minimum=0),
+    'input_kind': Key(INPUT_KINDS, 'auto'),
+    'linear_format': Key(('png', 'tiff'), 'png'),
+    'save_linear': Key(bool, True),
+    'kernel': Key(str | None, None),
 }
-
-DEFAULTS = {'name': 'infer', 'param_key': 'auto', 'device': 'auto', 'precision': 'fp32', 'tile': None,
-            'tile_overlap': 8, 'input_kind': 'auto', 'linear_format': 'png', 'save_linear': True}
 
 _DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -79,7 +78,8 @@ _DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 def build_infer_arg_parser() -> argparse.ArgumentParser:
     """The ``infer.py`` command line."""
     p = argparse.ArgumentParser(description='Run a trained BSRT on bursts or DCLS on images (any size, tiled).')
-    p.add_argument('-opt', '--opt', help='YAML option file (keys: see options/infer.yml); flags below override it')
+    add_common_flags(p, opt_required=False,
+                     opt_help='YAML option file (keys: see options/infer.yml); flags below override it')
     p.add_argument('--weights', help='checkpoint: ours (params / params_ema) or an official bare state_dict')
     p.add_argument('--input', help='BSRT: a burst folder (4-channel PNG frames, RAW files or samsung_XX folders), '
                    'a folder of such folders, or one RAW file. DCLS: an image file or a folder of images')
@@ -104,8 +104,6 @@ def build_infer_arg_parser() -> argparse.ArgumentParser:
                    help='do not write the 16-bit linear output')
     p.add_argument('--kernel', help='DCLS: a known LR-space blur kernel (.npy, kernel_size x kernel_size) to use '
                    'instead of the estimated one')
-    p.add_argument('--force_yml', '--set', nargs='+', default=[], metavar='KEY=VALUE',
-                   help='override option-file keys (values parsed as YAML)')
     return p
 
 
@@ -113,8 +111,7 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
     """Option file (if any) + overrides + flags -> validated options with defaults filled in."""
     args = build_infer_arg_parser().parse_args(argv)
     file = args.opt
-    raw: dict = load_yaml(file) if file else {}
-    raw = apply_overrides(raw, args.force_yml, file)
+    raw: dict = read_options(file, args.force_yml) if file else apply_overrides({}, args.force_yml)
     for key in ('weights', 'input', 'output', 'device', 'tile', 'tile_overlap', 'precision', 'param_key',
                 'input_kind', 'linear_format', 'save_linear', 'kernel'):
         value = getattr(args, key)
@@ -123,17 +120,14 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
     if raw.get('tile') == 0:
         raw['tile'] = None
     try:
-        opt = validate_block(raw, INFER_SCHEMA, '', file)
+        opt = fill_defaults(validate_block(raw, INFER_SCHEMA, '', file), INFER_SCHEMA, 'infer')
     except OptionError as exc:
-        if not file and exc.detail == 'required key is missing':
-            raise OptionError(exc.where, f'required: give --{exc.where} (or -opt with an option file)') from None
+        if file:
+            raise
+        errors = [OptionError(e.where, f'required: give --{e.where} (or -opt with an option file)')
+                  if e.detail == 'required key is missing' else e for e in OptionErrors.flatten(exc)]
+        OptionErrors.raise_all(errors)
         raise
-    for key, value in DEFAULTS.items():
-        opt.setdefault(key, value)
-    if opt.get('tile') is not None and opt['tile'] < 1:
-        raise OptionError('tile', f'must be a positive number of input pixels or 0/none, got {opt["tile"]}', file)
-    if opt['tile_overlap'] < 0:
-        raise OptionError('tile_overlap', f'must be >= 0, got {opt["tile_overlap"]}', file)
     opt['arch'] = {k: v for k, v in (('type', args.arch), ('level', args.level), ('burst_size', args.burst_size))
                    if v is not None}
     if (args.level or args.burst_size) and args.arch != 'BSRT':
@@ -378,9 +372,34 @@ RUNNERS: dict[str, Callable[[nn.Module, dict, torch.device, Path], list[dict]]] 
     'BSRT': run_bursts, 'DCLS': run_images}
 
 
+def _dry_run(opt: dict) -> None:
+    setup_logging(None)
+    device = resolve_device(opt['device'])
+    net, net_opt, param_key = load_inference_network(opt['weights'], opt, device)
+    if net_opt['type'] not in RUNNERS:
+        raise OptionError('network_g.type', f"infer.py runs {', '.join(RUNNERS)}; got {net_opt['type']!r}",
+                          opt['opt_file'])
+    if net_opt['type'] == 'DCLS':
+        from codes.data.burst_inputs import find_images
+        found = len(find_images(opt['input']))
+    else:
+        found = len(find_bursts(opt['input'], opt['input_kind']))
+    logger.info('Dry run: %s from %s [%s] loads on %s; %d input(s) under %s', net_opt['type'], opt['weights'],
+                param_key, device, found, opt['input'])
+
+
 def infer_pipeline(argv: list[str] | None = None) -> list[dict]:
-    """Parse the command line, load the weights, run every input; returns the per-input records."""
-    opt, _ = parse_infer_options(argv)
+    """Parse the command line, load the weights, run every input; returns the per-input records.
+
+    ``--print-options`` prints the resolved options; ``--dry-run`` loads the weights into the network they fit and
+    lists the inputs found, writing nothing. Both return no records."""
+    opt, args = parse_infer_options(argv)
+    if args.print_options:
+        print_options(opt)
+        return []
+    if args.dry_run:
+        _dry_run(opt)
+        return []
     out_dir = Path(opt['output'])
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(out_dir / f"infer_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log")

@@ -4,12 +4,15 @@ For each dataset block ``datasets.<phase>`` it writes, under ``results/<name>/<d
 ``metrics.json`` (per-image and mean values), ``visualization/*.png`` (the model's images, with ``val.save_img``:
 sRGB prediction | ground truth for burst SR, SR image and ``_ker.png`` kernel for blind SR) and, for models that
 write them, ``submission/*.png`` plus ``submission.zip`` (14-bit challenge format, with ``val.save_submission``).
-Runs on one process or sharded under torchrun.
+Runs on one process or sharded under torchrun, with a progress bar on rank 0 (``val.pbar``; default: when stderr
+is a terminal). ``--print-options`` prints the resolved options and exits; ``--dry-run`` loads the weights and
+scores the first sample of every dataset, writing nothing.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import zipfile
@@ -18,9 +21,10 @@ from pathlib import Path
 from codes.data import build_dataset
 from codes.data.loader import ShardSampler, build_dataloader
 from codes.models import build_model
+from codes.scripts.sample_data import prepare_from_options
 from codes.utils import dist as du
 from codes.utils.logger import format_options, setup_logging
-from codes.utils.options import OptionError, parse_options
+from codes.utils.options import parse_options, print_options
 
 __all__ = ['test_pipeline']
 
@@ -29,40 +33,57 @@ logger = logging.getLogger('codes.test')
 
 def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[str, dict]:
     """Evaluate; returns ``{dataset: {'mean': ..., 'per_image': ...}}``."""
-    opt, _ = parse_options(root_path, is_train=False, argv=argv)
-    if not opt['path'].get('pretrain_network_g'):
-        raise OptionError('path.pretrain_network_g', 'test.py needs the weights to evaluate', opt['opt_file'])
-    if not opt.get('datasets'):
-        raise OptionError('datasets', 'list at least one dataset to evaluate', opt['opt_file'])
-    du.init_dist_from_env(opt.get('dist_params', {}).get('backend'))
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'test.py'
+    opt, args = parse_options(root_path, is_train=False, argv=argv, prepare=prepare_from_options, prog=prog)
+    if args.print_options:
+        print_options(opt)
+        return {}
+    du.init_dist_from_options(opt['dist_params'])
     rank, world = du.get_dist_info()
     results_root = Path(opt['path']['results_root'])
+    dry = args.dry_run
     try:
-        if rank == 0:
+        if rank == 0 and not dry:
             results_root.mkdir(parents=True, exist_ok=True)
         du.barrier()
-        setup_logging(results_root / f"test_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log", rank)
+        log_file = None if dry else results_root / f"test_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"
+        setup_logging(log_file, rank)
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
         model = build_model(opt)
-        val = opt.get('val', {})
+        val = opt['val']
+        save_submission = model.writes_submission if val['save_submission'] is None else val['save_submission']
+        pbar = sys.stderr.isatty() if val['pbar'] is None else val['pbar']
         results = {}
         for phase, ds_opt in sorted(opt['datasets'].items()):
             dataset = build_dataset(ds_opt, f'datasets.{phase}')
-            loader = build_dataloader(dataset, ds_opt, ShardSampler(len(dataset), world, rank), opt['manual_seed'],
+            n = min(1, len(dataset)) if dry else len(dataset)
+            loader = build_dataloader(dataset, ds_opt, ShardSampler(n, world, rank), opt['manual_seed'],
                                       rank, train=False)
             out_dir = results_root / ds_opt['name']
-            sub_dir = out_dir / 'submission' if val.get('save_submission', model.writes_submission) else None
-            img_dir = out_dir / 'visualization' if val.get('save_img', True) else None
+            sub_dir = out_dir / 'submission' if save_submission and not dry else None
+            img_dir = out_dir / 'visualization' if val['save_img'] and not dry else None
             for d in (sub_dir, img_dir):
                 if d is not None:
                     d.mkdir(parents=True, exist_ok=True)
-            res = model.validation(loader, ds_opt['name'], image_dir=img_dir, submission_dir=sub_dir,
-                                   max_images=len(dataset) if img_dir is not None else 0)
+            bar = None
+            if rank == 0 and pbar:
+                from tqdm import tqdm
+                bar = loader = tqdm(loader, desc=ds_opt['name'], unit='sample', dynamic_ncols=True)
+            try:
+                res = model.validation(loader, ds_opt['name'], image_dir=img_dir, submission_dir=sub_dir,
+                                       max_images=len(dataset) if img_dir is not None else 0)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if dry:
+                logger.info('Dry run: %s (%d samples), first sample: %s', ds_opt['name'], len(dataset),
+                            ', '.join(f'{k} {v:.4g}' for k, v in res['mean'].items() if isinstance(v, float)))
+                continue
             results[ds_opt['name']] = res
             du.barrier()
             if rank == 0:
                 record = {'dataset': ds_opt['name'], 'checkpoint': opt['path']['pretrain_network_g'],
-                          'precision': val.get('precision', 'fp32'), **res}
+                          'precision': val['precision'], **res}
                 (out_dir / 'metrics.json').write_text(json.dumps(record, indent=2))
                 if sub_dir is not None:
                     with zipfile.ZipFile(out_dir / 'submission.zip', 'w') as zf:

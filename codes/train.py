@@ -1,11 +1,14 @@
 """Training pipeline: options -> experiment folder and logging -> data -> model -> iteration loop.
 
 ``python train.py -opt options/train_synthetic.yml`` (single process) and ``torchrun --nproc_per_node=N train.py
--opt ...`` (distributed; detected from the environment) both end up in :func:`train_pipeline`.
+-opt ...`` (distributed; detected from the environment) both end up in :func:`train_pipeline`, as does the
+``bsr-train`` console script. ``--print-options`` prints the resolved options and exits; ``--dry-run`` builds the
+data and the model, runs one training step (and one validation sample per validation set) and exits.
 """
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import time
@@ -18,12 +21,13 @@ import torch
 from codes.data import build_dataset
 from codes.data.loader import ShardSampler, TrainSampler, build_dataloader
 from codes.models import build_model
+from codes.scripts.sample_data import prepare_from_options
 from codes.utils import dist as du
 from codes.utils.checkpoint import find_resume_state, load_file
 from codes.utils.logger import append_jsonl, format_options, setup_logging
-from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options
+from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options, print_options
 
-__all__ = ['train_pipeline', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
+__all__ = ['train_pipeline', 'dry_run', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
 
 #: ``callback(current_iter, results)`` with ``results`` = {val set name: mean metrics}; a true return value stops
 #: the training after this validation (no final checkpoint or validation follows).
@@ -68,7 +72,7 @@ def limit_count(total: int, limit: int | float | None, where: str, file: str | N
 
 
 def _resume_state(opt: dict, auto_resume: bool) -> tuple[dict, Path] | None:
-    explicit = opt['path'].get('resume_state')
+    explicit = opt['path']['resume_state']
     if explicit:
         state = load_file(explicit)
         weights = Path(opt['path']['models']) / f"net_g_{state['iter']}.pth"
@@ -82,10 +86,10 @@ def _resume_state(opt: dict, auto_resume: bool) -> tuple[dict, Path] | None:
 
 def _val_loaders(opt: dict, rank: int, world: int) -> dict[str, Any]:
     loaders = {}
-    for phase, ds_opt in opt.get('datasets', {}).items():
+    for phase, ds_opt in opt['datasets'].items():
         if phase.startswith('val'):
             ds = build_dataset(ds_opt, f'datasets.{phase}')
-            n = limit_count(len(ds), opt.get('val', {}).get('limit_val_batches'), 'val.limit_val_batches',
+            n = limit_count(len(ds), opt['val']['limit_val_batches'], 'val.limit_val_batches',
                             opt.get('opt_file'))  # the first n samples (validation batches hold one sample)
             loaders[ds_opt['name']] = build_dataloader(ds, ds_opt, ShardSampler(n, world, rank),
                                                        opt['manual_seed'], rank, train=False)
@@ -99,11 +103,11 @@ def validate(model: Any, loaders: dict, opt: dict, current_iter: int, tb: Any) -
 
     Returns {val set name: mean metrics} (the same on every rank).
     """
-    val = opt.get('val', {})
+    val = opt['val']
     results = {}
     for name, loader in loaders.items():
         res = model.validation(loader, name, image_dir=Path(opt['path']['visualization']) / name,
-                               max_images=val.get('max_save_img', 4) if val.get('save_img') else 0,
+                               max_images=val['max_save_img'] if val['save_img'] else 0,
                                tb_writer=tb, current_iter=current_iter)
         mean = results[name] = res['mean']
         improved = model.update_best(name, mean, current_iter)
@@ -152,14 +156,53 @@ def train_pipeline(root_path: str | Path, argv: list[str] | None = None,
     metrics}); when it returns true the run stops there, as a hyperparameter search prunes a trial. Under DDP it is
     called on every rank with the same results and must return the same answer on each.
     """
-    opt, args = parse_options(root_path, is_train=True, argv=argv)
-    dist_params = opt.get('dist_params', {})
-    du.init_dist_from_env(dist_params.get('backend'), dist_params.get('timeout_minutes', 30.0))
+    opt, args = parse_options(root_path, is_train=True, argv=argv, prepare=prepare_from_options, prog=_prog())
+    if args.print_options:
+        print_options(opt)
+        return None
+    du.init_dist_from_options(opt['dist_params'])
     rank, world = du.get_dist_info()
     try:
+        if args.dry_run:
+            return dry_run(opt, rank, world)
         return _train(opt, args, rank, world, on_validation)
     finally:
         du.destroy_dist()
+
+
+def _prog() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'train.py'
+
+
+def dry_run(opt: dict, rank: int = 0, world: int = 1) -> Any:
+    """``--dry-run``: build the training data and the model, run one training step and one validation sample per
+    validation set, log what was built, and return the model. Writes nothing (no experiment folder)."""
+    setup_logging(None, rank)
+    set_random_seed(opt['manual_seed'] + rank)
+    train_opt = opt['datasets']['train']
+    train_set = build_dataset(train_opt, 'datasets.train')
+    sampler = TrainSampler(len(train_set), world, rank, opt['manual_seed'], train_opt['shuffle'])
+    loader = build_dataloader(train_set, train_opt, sampler, opt['manual_seed'], rank, train=True)
+    if len(loader) == 0:
+        raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
+                          opt['opt_file'])
+    model = build_model(opt)
+    t0 = time.time()
+    model.feed_data(next(iter(loader)))
+    out = model.optimize_parameters(1)
+    logger.info('Dry run: one training step of %s on %s (batch %d) in %.2f s: %s', type(model).__name__,
+                model.device, train_opt['batch_size_per_gpu'], time.time() - t0,
+                ', '.join(f'{k} {v:.4g}' for k, v in out.items()))
+    for phase, ds_opt in opt['datasets'].items():
+        if phase.startswith('val'):
+            ds = build_dataset(ds_opt, f'datasets.{phase}')
+            val_loader = build_dataloader(ds, ds_opt, ShardSampler(min(1, len(ds)), world, rank),
+                                          opt['manual_seed'], rank, train=False)
+            res = model.validation(val_loader, ds_opt['name'], image_dir=None, max_images=0)
+            logger.info('Dry run: validation set %s (%d samples), first sample: %s', ds_opt['name'], len(ds),
+                        ', '.join(f'{k} {v:.4g}' for k, v in res['mean'].items() if isinstance(v, float)))
+    logger.info('Dry run finished: the options, data and model of %s are usable', opt['opt_file'])
+    return model
 
 
 def _train(opt: dict, args: Any, rank: int, world: int, on_validation: ValidationCallback | None = None) -> Any:
@@ -177,16 +220,16 @@ def _train(opt: dict, args: Any, rank: int, world: int, on_validation: Validatio
         dump_yaml(opt, exp_root / 'options.yml')
     seed = opt['manual_seed']
     set_random_seed(seed + rank)
-    torch.backends.cudnn.benchmark = opt.get('cudnn_benchmark', True)
+    torch.backends.cudnn.benchmark = opt['cudnn_benchmark']
 
     train_opt = opt['datasets']['train']
     train_set = build_dataset(train_opt, 'datasets.train')
-    sampler = TrainSampler(len(train_set), world, rank, seed, train_opt.get('shuffle', True))
+    sampler = TrainSampler(len(train_set), world, rank, seed, train_opt['shuffle'])
     train_loader = build_dataloader(train_set, train_opt, sampler, seed, rank, train=True)
     if len(train_loader) == 0:
         raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
                           opt['opt_file'])
-    iters_per_epoch = limit_count(len(train_loader), opt['train'].get('limit_train_batches'),
+    iters_per_epoch = limit_count(len(train_loader), opt['train']['limit_train_batches'],
                                   'train.limit_train_batches', opt['opt_file'])
     total_iter = opt['train']['total_iter']
     logger.info('Training set: %d samples, %d iterations per epoch%s, %d iterations in all (%d epochs), '
@@ -201,11 +244,11 @@ def _train(opt: dict, args: Any, rank: int, world: int, on_validation: Validatio
         model.resume_training(resume[0], resume[1])
         current_iter = resume[0]['iter']
     tb = None
-    if rank == 0 and opt['logger'].get('use_tb_logger'):
+    if rank == 0 and opt['logger']['use_tb_logger']:
         from torch.utils.tensorboard import SummaryWriter
         tb = SummaryWriter(opt['path']['tb_logger'])
-    log_cfg, val_freq = opt['logger'], opt.get('val', {}).get('val_freq', 0)
-    use_pbar = log_cfg.get('use_pbar')
+    log_cfg, val_freq = opt['logger'], opt['val']['val_freq']
+    use_pbar = log_cfg['use_pbar']
     use_pbar = sys.stderr.isatty() if use_pbar is None else use_pbar
     pbar = None
     if rank == 0 and use_pbar:

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import copy
 import csv
-import fcntl
 import hashlib
 import io
 import logging
@@ -48,9 +47,12 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from codes.utils.options import (LIMIT, OptionError, apply_overrides, load_yaml, parse_value, set_by_path,
-                                 validate_block, validate_options)
+from codes.scripts.sample_data import prepare_from_options
+from codes.utils.file_lock import exclusive_lock
 from codes.utils.logger import setup_logging
+from codes.utils.options import (LIMIT, Key, OptionError, add_common_flags, apply_overrides, fill_defaults,
+                                 load_yaml, normalize_options, parse_value, print_options, set_by_path,
+                                 validate_block, validate_options)
 
 __all__ = ['tune_pipeline', 'build_tune_parser', 'SearchParam', 'parse_search_space', 'apply_params',
            'check_search_space', 'TUNE_SCHEMA', 'trials_table']
@@ -60,14 +62,18 @@ logger = logging.getLogger('codes.tune')
 #: The ``tune`` block. Budget keys are written into every trial's options (``max_iters`` -> ``train.total_iter``,
 #: ``limit_train_batches`` -> ``train.limit_train_batches``, ``limit_val_batches`` -> ``val.limit_val_batches``).
 TUNE_SCHEMA: dict[str, Any] = {
-    'study_name': str, 'storage': str | None, 'n_trials': int,
-    'metric': str, 'dataset': str | None, 'direction': ('maximize', 'minimize'), 'objective': ('last', 'best'),
-    'max_iters': int, 'limit_train_batches': LIMIT, 'limit_val_batches': LIMIT,
-    'sampler': {'type': ('tpe', 'random'), 'seed': int | None, 'n_startup_trials': int, 'multivariate': bool},
-    'pruner': {'type': ('none', 'median', 'hyperband'), 'n_startup_trials': int, 'n_warmup_steps': int,
-               'interval_steps': int, 'min_resource': int, 'reduction_factor': int},
-    'heartbeat_interval': int, 'grace_period': int | None,
-    'enqueue': list[dict], 'start_method': ('spawn', 'forkserver', 'fork'),
+    'study_name': Key(str | None, None), 'storage': Key(str | None, None), 'n_trials': Key(int, 20, minimum=0),
+    'metric': Key(str, 'psnr'), 'dataset': Key(str | None, None),
+    'direction': Key(('maximize', 'minimize', None), None),  # None: from val.metrics.<metric>.better
+    'objective': Key(('last', 'best'), 'last'),
+    'max_iters': Key(int | None, None, minimum=1), 'limit_train_batches': LIMIT, 'limit_val_batches': LIMIT,
+    'sampler': {'type': Key(('tpe', 'random'), 'tpe'), 'seed': Key(int | None, None),
+                'n_startup_trials': Key(int, 10, minimum=0), 'multivariate': Key(bool, False)},
+    'pruner': {'type': Key(('none', 'median', 'hyperband'), 'none'), 'n_startup_trials': Key(int, 5, minimum=0),
+               'n_warmup_steps': Key(int, 0, minimum=0), 'interval_steps': Key(int, 1, minimum=1),
+               'min_resource': Key(int, 1, minimum=1), 'reduction_factor': Key(int, 3, minimum=2)},
+    'heartbeat_interval': Key(int, 60, minimum=0), 'grace_period': Key(int | None, None),
+    'enqueue': Key(list[dict], []), 'start_method': Key(('spawn', 'forkserver', 'fork'), 'spawn'),
 }
 _PRUNER_KEYS = {'none': (), 'median': ('n_startup_trials', 'n_warmup_steps', 'interval_steps'),
                 'hyperband': ('min_resource', 'reduction_factor')}
@@ -289,12 +295,8 @@ def _study_lock(url: str, study_name: str, engine: Any) -> Iterator[None]:
         if not database or database == ':memory:':
             yield
             return
-        with open(f'{database}.lock', 'a') as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with exclusive_lock(f'{database}.lock'):
+            yield
     elif backend == 'postgresql':
         key = int.from_bytes(digest[:8], 'big', signed=True)
         with engine.begin() as conn:  # the lock lasts until this transaction ends
@@ -344,8 +346,9 @@ def _heartbeat(storage: Any, trial_id: int, interval: int) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------- the pipeline
 def build_tune_parser() -> argparse.ArgumentParser:
     """The command line of ``tune.py``."""
-    p = argparse.ArgumentParser(description='hyperparameter search (Optuna) over option key paths')
-    p.add_argument('-opt', '--opt', required=True, help='option file with search_space and tune blocks')
+    p = argparse.ArgumentParser(description='Hyperparameter search (Optuna) over option key paths: trains one trial '
+                                'after another and shares the study with other workers through --storage.')
+    add_common_flags(p, opt_help='option file with search_space and tune blocks')
     p.add_argument('--storage', default=None,
                    help='SQLAlchemy database URL shared by the workers (default: tune.storage, else '
                         'sqlite:///experiments/<study>/study.db)')
@@ -353,8 +356,6 @@ def build_tune_parser() -> argparse.ArgumentParser:
                    help='run until the study holds this many trials (default: tune.n_trials)')
     p.add_argument('--study-name', '--study_name', default=None,
                    help='study name (default: tune.study_name, else the option file\'s name)')
-    p.add_argument('--force_yml', '--set', nargs='+', default=[], metavar='KEY.PATH=VALUE',
-                   help='override options before the search, e.g. tune.max_iters=100')
     return p
 
 
@@ -376,7 +377,7 @@ class _Setup:
     @property
     def budget_iters(self) -> int:
         """Iterations of one trial (``tune.max_iters``, else ``train.total_iter``): Hyperband's max_resource."""
-        return int(self.cfg.get('max_iters', self.base['train']['total_iter']))
+        return int(self.cfg['max_iters'] or self.base['train']['total_iter'])
 
 
 def _prepare(root: Path, args: argparse.Namespace) -> _Setup:
@@ -396,10 +397,9 @@ def _prepare(root: Path, args: argparse.Namespace) -> _Setup:
             key, text = item.split('=', 1)
             raw['search_space'][key[len('search_space.'):].strip().replace(':', '.')] = parse_value(text)
     params = parse_search_space(raw.pop('search_space'), file)
-    cfg = validate_block(raw.pop('tune') or {}, TUNE_SCHEMA, 'tune', file)
-    if raw.get('prepare_sample_data'):
-        from codes.utils.options import prepare_sample_data
-        prepare_sample_data(str(raw['prepare_sample_data']))
+    given = validate_block(raw.pop('tune') or {}, TUNE_SCHEMA, 'tune', file)
+    cfg = fill_defaults(given, TUNE_SCHEMA, None)
+    prepare_from_options(raw)  # the sample data the file asks for (burst or blind), before its folders are checked
     base = raw
     validate_options(base, file)  # the base alone (full budget) must be a valid training file
     budgeted = _with_budget(base, cfg)
@@ -407,23 +407,23 @@ def _prepare(root: Path, args: argparse.Namespace) -> _Setup:
     check_search_space(budgeted, params, file)
 
     metrics = checked.get('val', {}).get('metrics', {})
-    metric = cfg.get('metric', 'psnr')
+    metric = cfg['metric']
     if metric not in metrics:
         raise OptionError('tune.metric', f"'{metric}' is not a validation metric of this file; val.metrics has: "
                           f"{', '.join(metrics) or 'none'}", file)
     val_sets = [ds.get('name', phase) for phase, ds in checked.get('datasets', {}).items() if phase.startswith('val')]
     if not val_sets:
         raise OptionError('datasets', 'the objective needs a validation set (a datasets.val block)', file)
-    dataset = cfg.get('dataset') or val_sets[0]
+    dataset = cfg['dataset'] or val_sets[0]
     if dataset not in val_sets:
         raise OptionError('tune.dataset', f"'{dataset}' is not a validation set name; one of: {', '.join(val_sets)}",
                           file)
-    direction = cfg.get('direction') or ('minimize' if metrics[metric].get('better') == 'lower' else 'maximize')
-    if 'direction' not in cfg and 'better' not in metrics[metric] and 'lpips' in metrics[metric]['type'].lower():
+    direction = cfg['direction'] or ('minimize' if metrics[metric].get('better') == 'lower' else 'maximize')
+    if cfg['direction'] is None and 'better' not in metrics[metric] and 'lpips' in metrics[metric]['type'].lower():
         logger.warning('tune.metric %s looks like LPIPS (lower is better) but neither tune.direction nor '
                        'val.metrics.%s.better is set: maximizing it', metric, metric)
-    pruner = cfg.get('pruner', {})
-    ptype = pruner.get('type', 'none')
+    pruner = given.get('pruner', {})  # the keys the file gives (the defaults of every pruner are filled in cfg)
+    ptype = cfg['pruner']['type']
     for k in pruner:
         if k != 'type' and k not in _PRUNER_KEYS[ptype]:
             raise OptionError(f'tune.pruner.{k}', f"does not apply to the {ptype} pruner (its keys: "
@@ -432,18 +432,18 @@ def _prepare(root: Path, args: argparse.Namespace) -> _Setup:
         logger.warning('tune.pruner is %s but val.val_freq is not set: trials are validated only at the end, so '
                        'nothing can be pruned', ptype)
     by_key = {p.key: p for p in params}
-    for i, entry in enumerate(cfg.get('enqueue', [])):
+    for i, entry in enumerate(cfg['enqueue']):
         for k, v in entry.items():
             if k not in by_key:
                 raise OptionError(f'tune.enqueue[{i}].{k}', 'is not a key of search_space', file)
             by_key[k].encode(v, f'tune.enqueue[{i}].{k}', file)
 
-    study_name = args.study_name or cfg.get('study_name') or base['name']
+    study_name = args.study_name or cfg['study_name'] or base['name']
     explicit_root = base.get('path', {}).get('experiments_root')
     experiments = Path(explicit_root).parent if explicit_root else root / 'experiments'
     study_dir = experiments / study_name
-    url = args.storage or cfg.get('storage') or f"sqlite:///{(study_dir / 'study.db').resolve()}"
-    n_trials = args.n_trials if args.n_trials is not None else cfg.get('n_trials', 20)
+    url = args.storage or cfg['storage'] or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    n_trials = args.n_trials if args.n_trials is not None else cfg['n_trials']
     if n_trials < 0:
         raise OptionError('tune.n_trials', f'must be >= 0, got {n_trials}', file)
     return _Setup(root, file, base, params, cfg, study_name, study_dir, url, n_trials, metric, dataset, direction)
@@ -451,7 +451,7 @@ def _prepare(root: Path, args: argparse.Namespace) -> _Setup:
 
 def _with_budget(base: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict:
     tree = copy.deepcopy(dict(base))
-    if 'max_iters' in cfg:
+    if cfg.get('max_iters') is not None:
         _set_path(tree, 'train.total_iter', cfg['max_iters'])
     if cfg.get('limit_train_batches') is not None:
         _set_path(tree, 'train.limit_train_batches', cfg['limit_train_batches'])
@@ -462,26 +462,26 @@ def _with_budget(base: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict:
 
 def _make_sampler(cfg: Mapping[str, Any], seed_offset: int) -> Any:
     import optuna
-    sampler = cfg.get('sampler', {})
-    seed = sampler.get('seed')
+    sampler = cfg['sampler']
+    seed = sampler['seed']
     seed = None if seed is None else seed + seed_offset
-    if sampler.get('type', 'tpe') == 'random':
+    if sampler['type'] == 'random':
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler.get('n_startup_trials', 10),
-                                      multivariate=sampler.get('multivariate', False))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler['n_startup_trials'],
+                                      multivariate=sampler['multivariate'])
 
 
 def _make_pruner(cfg: Mapping[str, Any], max_iters: int) -> Any:
     import optuna
-    pruner = cfg.get('pruner', {})
-    ptype = pruner.get('type', 'none')
+    pruner = cfg['pruner']
+    ptype = pruner['type']
     if ptype == 'median':
-        return optuna.pruners.MedianPruner(n_startup_trials=pruner.get('n_startup_trials', 5),
-                                           n_warmup_steps=pruner.get('n_warmup_steps', 0),
-                                           interval_steps=pruner.get('interval_steps', 1))
+        return optuna.pruners.MedianPruner(n_startup_trials=pruner['n_startup_trials'],
+                                           n_warmup_steps=pruner['n_warmup_steps'],
+                                           interval_steps=pruner['interval_steps'])
     if ptype == 'hyperband':
-        return optuna.pruners.HyperbandPruner(min_resource=pruner.get('min_resource', 1), max_resource=max_iters,
-                                              reduction_factor=pruner.get('reduction_factor', 3))
+        return optuna.pruners.HyperbandPruner(min_resource=pruner['min_resource'], max_resource=max_iters,
+                                              reduction_factor=pruner['reduction_factor'])
     return optuna.pruners.NopPruner()
 
 
@@ -504,8 +504,8 @@ def _open_study(s: _Setup) -> tuple[Any, Any, Any, int]:
         engine_kwargs: dict[str, Any] = {'connect_args': {'timeout': 300}}
     else:
         engine_kwargs = {'pool_pre_ping': True}
-    interval = int(s.cfg.get('heartbeat_interval', 60))
-    grace = s.cfg.get('grace_period')
+    interval = int(s.cfg['heartbeat_interval'])
+    grace = s.cfg['grace_period']
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     lock_engine = None
     try:
@@ -541,7 +541,7 @@ def _next_trial(study: Any, s: _Setup, lock_engine: Any, heartbeat: bool, first:
         if heartbeat:
             optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
-        if not trials and s.cfg.get('enqueue'):
+        if not trials and s.cfg['enqueue']:
             by_key = {p.key: p for p in s.params}
             for entry in s.cfg['enqueue']:
                 study.enqueue_trial({k: by_key[k].encode(v, k, s.file) for k, v in entry.items()})
@@ -549,7 +549,7 @@ def _next_trial(study: Any, s: _Setup, lock_engine: Any, heartbeat: bool, first:
         started = [t for t in trials if t.state != TrialState.WAITING]
         if len(started) >= s.n_trials:
             return None
-        if first and s.cfg.get('sampler', {}).get('seed') is not None:
+        if first and s.cfg['sampler']['seed'] is not None:
             # a seeded sampler per worker, offset by the trials so far: one worker is reproducible, and workers
             # that join a study do not propose the same points
             study.sampler = _make_sampler(s.cfg, len(trials))
@@ -623,7 +623,7 @@ def _run_child(s: _Setup, trial_file: Path, reporter: '_Reporter') -> str | None
     failure reason, or None."""
     import multiprocessing
     import signal
-    method = s.cfg.get('start_method', 'spawn')
+    method = s.cfg['start_method']
     ctx = multiprocessing.get_context(method)
     if method == 'forkserver':  # the server imports torch and the runner once; each trial forks from it
         ctx.set_forkserver_preload(['codes.tune', 'codes.train'])
@@ -698,7 +698,7 @@ def _run_trial(trial: Any, s: _Setup, worker: str) -> tuple[Any, float | None, d
         return TrialState.FAIL, None, {**attrs, 'fail_reason': 'the run ended without a validation'}
     values = [v for _, v in reporter.history]
     better = max if s.direction == 'maximize' else min
-    value = values[-1] if s.cfg.get('objective', 'last') == 'last' else better(values)
+    value = values[-1] if s.cfg['objective'] == 'last' else better(values)
     return TrialState.COMPLETE, value, attrs
 
 
@@ -773,6 +773,18 @@ def tune_pipeline(root_path: str | Path, argv: list[str] | None = None) -> Any:
                            '(CUDA_VISIBLE_DEVICES=i python tune.py ... --storage <shared URL>), not under torchrun')
     root = Path(root_path)
     s = _prepare(root, args)
+    if args.print_options or args.dry_run:
+        trial = normalize_options(validate_options(_with_budget(s.base, s.cfg), s.file), root, is_train=True)
+        trial['opt_file'] = s.file
+        if args.print_options:  # the tune block with its defaults, then the options of a trial (budget applied)
+            print_options({'tune': s.cfg, 'search_space': {p.key: p.kind for p in s.params}, 'study': {
+                'name': s.study_name, 'storage': _display_url(s.url), 'metric': s.metric, 'dataset': s.dataset,
+                'direction': s.direction, 'n_trials': s.n_trials}})
+            print_options({'trial': trial})
+            return None
+        from codes.train import dry_run
+        dry_run(trial)  # one training step of a trial with the file's own values (no study is opened)
+        return None
     s.study_dir.mkdir(parents=True, exist_ok=True)
     log_file = s.study_dir / f"tune_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}.log"
     setup_logging(log_file)

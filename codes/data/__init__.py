@@ -6,13 +6,13 @@ from typing import Any, Mapping
 from torch.utils.data import Dataset
 
 from codes.utils.build import build_from_registry
+from codes.utils.options import LOADER_SCHEMA
 from codes.utils.registry import DATASET_REGISTRY
 
 __all__ = ['build_dataset', 'DATASET_REGISTRY', 'LOADER_KEYS']
 
 #: Keys of a dataset block that configure the runner's DataLoader, not the dataset.
-LOADER_KEYS = ('name', 'batch_size_per_gpu', 'num_worker_per_gpu', 'pin_memory', 'persistent_workers',
-               'prefetch_factor', 'shuffle', 'timeout')
+LOADER_KEYS = tuple(LOADER_SCHEMA)
 
 
 def build_dataset(opt: Mapping[str, Any], where: str = 'datasets') -> Dataset:

@@ -28,12 +28,30 @@ import torch
 
 from codes.data.camera_pipeline import (apply_ccm, apply_gains, apply_smoothstep, gamma_compression, pack_raw,
                                         process_burstsr_image_rgb)
+from codes.utils.errors import UserError
 
 __all__ = ['RAW_EXTENSIONS', 'IMAGE_EXTENSIONS', 'Render', 'Burst', 'select_frames', 'read_png_burst',
            'read_raw_frame', 'read_raw_burst', 'read_burstsr_burst', 'burst_kind', 'find_bursts', 'find_images',
-           'read_burst', 'render_srgb', 'read_rgb_image', 'SRGB_TO_XYZ']
+           'read_burst', 'render_srgb', 'read_rgb_image', 'SRGB_TO_XYZ', 'InputError', 'InputNotFoundError',
+           'InputReadError', 'MissingPackageError']
 
 logger = logging.getLogger(__name__)
+
+
+class InputError(UserError, ValueError):
+    """An input (burst, RAW file, image) that cannot be used as it is; the message names the file."""
+
+
+class InputNotFoundError(UserError, FileNotFoundError):
+    """An input path that names nothing usable."""
+
+
+class InputReadError(UserError, OSError):
+    """An input file that cannot be decoded."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional package needed by this input is not installed."""
 
 #: File endings LibRaw reads (case-insensitive).
 RAW_EXTENSIONS = frozenset({
@@ -88,7 +106,7 @@ def select_frames(num_frames: int, burst_size: int) -> tuple[list[int], str | No
     Returns the indices and a message (None when nothing changed).
     """
     if num_frames < 1:
-        raise ValueError('a burst needs at least one frame')
+        raise InputError('a burst needs at least one frame')
     if num_frames == burst_size:
         return list(range(num_frames)), None
     if num_frames > burst_size:
@@ -107,9 +125,9 @@ def select_frames(num_frames: int, burst_size: int) -> tuple[list[int], str | No
 def _read_png_frame(path: Path) -> torch.Tensor:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise OSError(f'cannot decode image: {path}')
+        raise InputReadError(f'cannot decode image: {path}')
     if image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != 4:
-        raise ValueError(f'{path}: a challenge-format frame is a 4-channel uint16 PNG (packed RGGB x 2^14), got '
+        raise InputError(f'{path}: a challenge-format frame is a 4-channel uint16 PNG (packed RGGB x 2^14), got '
                          f'dtype {image.dtype} and shape {image.shape}')
     return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) / 2 ** 14
 
@@ -134,7 +152,7 @@ def _synthetic_render(path: Path) -> Render:
                       gamma=bool(meta.get('gamma', True)), smoothstep=bool(meta.get('smoothstep', True)),
                       source=f'{path} (synthetic gains and cam2rgb)')
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f'{path}: expected the synthetic meta_info keys rgb_gain, red_gain, blue_gain, cam2rgb '
+        raise InputError(f'{path}: expected the synthetic meta_info keys rgb_gain, red_gain, blue_gain, cam2rgb '
                          f'({type(exc).__name__}: {exc})') from None
 
 
@@ -145,7 +163,7 @@ def read_png_burst(folder: str | os.PathLike) -> Burst:
     folder = Path(folder)
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() == '.png'), key=lambda p: _natural_key(p.name))
     if not files:
-        raise FileNotFoundError(f'{folder}: no PNG frames')
+        raise InputNotFoundError(f'{folder}: no PNG frames')
     frames = [_read_png_frame(p) for p in files]
     _check_same_size(frames, files)
     frames_t = torch.stack(frames)
@@ -157,7 +175,7 @@ def read_png_burst(folder: str | os.PathLike) -> Burst:
 def _check_same_size(frames: Sequence[torch.Tensor], files: Sequence[Any]) -> None:
     for f, p in zip(frames, files):
         if f.shape != frames[0].shape:
-            raise ValueError(f'{p}: frame size {tuple(f.shape)} differs from {files[0]} ({tuple(frames[0].shape)}); '
+            raise InputError(f'{p}: frame size {tuple(f.shape)} differs from {files[0]} ({tuple(frames[0].shape)}); '
                              'all frames of a burst must have the same size')
 
 
@@ -176,27 +194,27 @@ def read_raw_frame(path: str | os.PathLike) -> tuple[torch.Tensor, Render, tuple
     try:
         import rawpy
     except ImportError as exc:
-        raise ImportError('reading RAW files needs rawpy: pip install rawpy') from exc
+        raise MissingPackageError('reading RAW files needs rawpy: pip install rawpy') from exc
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'RAW file not found: {path}')
+        raise InputNotFoundError(f'RAW file not found: {path}')
     try:
         raw = rawpy.imread(str(path))
     except Exception as exc:  # rawpy raises LibRawError subclasses
-        raise ValueError(f'{path}: LibRaw cannot read this file ({type(exc).__name__}: {exc})') from None
+        raise InputError(f'{path}: LibRaw cannot read this file ({type(exc).__name__}: {exc})') from None
     with raw:
         pattern = raw.raw_pattern
         desc = raw.color_desc.decode('ascii', 'replace')
         if pattern is None or np.asarray(pattern).shape != (2, 2) or raw.num_colors != 3:
-            raise ValueError(f'{path}: not a 2x2 Bayer sensor (pattern {pattern}, colours {desc!r}); BSRT takes '
+            raise InputError(f'{path}: not a 2x2 Bayer sensor (pattern {pattern}, colours {desc!r}); BSRT takes '
                              'RGGB Bayer bursts (X-Trans, Foveon, 4-colour and linear DNGs are not supported)')
         letters = [[desc[int(c)] for c in row] for row in np.asarray(pattern)]
         rpos = [(y, x) for y in range(2) for x in range(2) if letters[y][x] == 'R']
         if len(rpos) != 1:
-            raise ValueError(f'{path}: Bayer pattern {letters} has no single red site')
+            raise InputError(f'{path}: Bayer pattern {letters} has no single red site')
         ry, rx = rpos[0]
         if letters[1 - ry][1 - rx] != 'B' or letters[ry][1 - rx] != 'G' or letters[1 - ry][rx] != 'G':
-            raise ValueError(f'{path}: unsupported colour filter pattern {letters}')
+            raise InputError(f'{path}: unsupported colour filter pattern {letters}')
         image = raw.raw_image_visible.astype(np.float32)
         colors = raw.raw_colors_visible
         black = np.asarray(raw.black_level_per_channel, dtype=np.float32)[colors]
@@ -223,7 +241,7 @@ def read_raw_frame(path: str | os.PathLike) -> tuple[torch.Tensor, Render, tuple
     h, w = linear.shape
     h2, w2 = (h - ry) // 2 * 2, (w - rx) // 2 * 2
     if h2 < 2 or w2 < 2:
-        raise ValueError(f'{path}: image too small ({h}x{w})')
+        raise InputError(f'{path}: image too small ({h}x{w})')
     linear = linear[ry:ry + h2, rx:rx + w2]
     packed = pack_raw(torch.from_numpy(np.ascontiguousarray(linear)))
     render = Render(red_gain=wb[0] / wb[1], blue_gain=wb[2] / wb[1],
@@ -244,14 +262,14 @@ def read_raw_burst(files: str | os.PathLike | Sequence[str | os.PathLike]) -> Bu
         files = [Path(f) for f in files]
         name = files[0].parent.name
     if not files:
-        raise FileNotFoundError(f'no RAW files ({", ".join(sorted(RAW_EXTENSIONS))})')
+        raise InputNotFoundError(f'no RAW files ({", ".join(sorted(RAW_EXTENSIONS))})')
     frames, render, offset0 = [], None, None
     for f in files:
         packed, r, offset = read_raw_frame(f)
         if render is None:
             render, offset0 = r, offset
         elif offset != offset0:
-            raise ValueError(f'{f}: Bayer phase differs from {files[0]}; all frames must come from one camera mode')
+            raise InputError(f'{f}: Bayer phase differs from {files[0]}; all frames must come from one camera mode')
         frames.append(packed)
     _check_same_size(frames, files)
     if offset0 != (0, 0):
@@ -271,13 +289,13 @@ def read_burstsr_burst(folder: str | os.PathLike) -> Burst:
     dirs = sorted((d for d in folder.iterdir() if d.is_dir() and d.name.startswith('samsung_')),
                   key=lambda d: _natural_key(d.name))
     if not dirs:
-        raise FileNotFoundError(f'{folder}: no samsung_XX frame folders')
+        raise InputNotFoundError(f'{folder}: no samsung_XX frame folders')
     frames, wb = [], None
     for d in dirs:
         meta_path = d / 'meta_info.pkl'
         meta = safe_load_pickle(meta_path, extra_allowed=EXIFREAD_ALLOWED) if meta_path.is_file() else None
         if not isinstance(meta, dict) or 'black_level' not in meta:
-            raise ValueError(f'{meta_path}: a BurstSR frame needs its meta_info.pkl with black_level (and cam_wb)')
+            raise InputError(f'{meta_path}: a BurstSR frame needs its meta_info.pkl with black_level (and cam_wb)')
         frames.append(normalize_samsung(read_png16(d / 'im_raw.png', 4), meta['black_level']))
         if wb is None:
             cam_wb = np.asarray(meta.get('cam_wb', [1.0, 1.0, 1.0]), dtype=np.float64).reshape(-1)
@@ -313,13 +331,13 @@ def find_bursts(path: str | os.PathLike, kind: str = 'auto') -> list[tuple[str, 
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f'input not found: {path}')
+        raise InputNotFoundError(f'input not found: {path}')
     if kind not in ('auto', *_READERS):
-        raise ValueError(f"input kind must be 'auto' or one of {sorted(_READERS)}, got {kind!r}")
+        raise InputError(f"input kind must be 'auto' or one of {sorted(_READERS)}, got {kind!r}")
     if path.is_file():
         if path.suffix.lower() in RAW_EXTENSIONS:
             return [('raw', path)]
-        raise ValueError(f'{path}: a burst model takes a burst folder (PNG frames, RAW files or a BurstSR '
+        raise InputError(f'{path}: a burst model takes a burst folder (PNG frames, RAW files or a BurstSR '
                          f'samsung_XX burst) or one RAW file ({", ".join(sorted(RAW_EXTENSIONS))})')
     own = burst_kind(path)
     if own is not None:
@@ -331,7 +349,7 @@ def find_bursts(path: str | os.PathLike, kind: str = 'auto') -> list[tuple[str, 
         if own is not None:
             found.append((own if kind == 'auto' else kind, d))
     if not found:
-        raise FileNotFoundError(f'{path}: no burst found; expected 4-channel PNG frames, RAW files or samsung_XX '
+        raise InputNotFoundError(f'{path}: no burst found; expected 4-channel PNG frames, RAW files or samsung_XX '
                                 'folders in it or in its sub-folders')
     return found
 
@@ -345,15 +363,15 @@ def find_images(path: str | os.PathLike) -> list[Path]:
     """An image file, or the image files of a folder (natural order)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f'input not found: {path}')
+        raise InputNotFoundError(f'input not found: {path}')
     if path.is_file():
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise ValueError(f'{path}: not an image file ({", ".join(sorted(IMAGE_EXTENSIONS))})')
+            raise InputError(f'{path}: not an image file ({", ".join(sorted(IMAGE_EXTENSIONS))})')
         return [path]
     files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
                    key=lambda p: _natural_key(p.name))
     if not files:
-        raise FileNotFoundError(f'{path}: no image files ({", ".join(sorted(IMAGE_EXTENSIONS))})')
+        raise InputNotFoundError(f'{path}: no image files ({", ".join(sorted(IMAGE_EXTENSIONS))})')
     return files
 
 
@@ -361,13 +379,13 @@ def read_rgb_image(path: str | os.PathLike) -> torch.Tensor:
     """An 8- or 16-bit image file -> (3, H, W) float32 RGB in [0, 1] (grey is repeated, alpha dropped)."""
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise OSError(f'cannot decode image: {path}')
+        raise InputReadError(f'cannot decode image: {path}')
     if image.dtype == np.uint8:
         scale = 255.0
     elif image.dtype == np.uint16:
         scale = 65535.0
     else:
-        raise ValueError(f'{path}: expected an 8- or 16-bit image, got dtype {image.dtype}')
+        raise InputError(f'{path}: expected an 8- or 16-bit image, got dtype {image.dtype}')
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.shape[2] == 4:
@@ -375,7 +393,7 @@ def read_rgb_image(path: str | os.PathLike) -> torch.Tensor:
     elif image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     else:
-        raise ValueError(f'{path}: expected 1, 3 or 4 channels, got {image.shape[2]}')
+        raise InputError(f'{path}: expected 1, 3 or 4 channels, got {image.shape[2]}')
     return torch.from_numpy(image.astype(np.float32) / scale).permute(2, 0, 1).contiguous()
 
 

@@ -21,7 +21,8 @@ from torch import Tensor
 from codes.metrics.metric_util import as_batch
 from codes.utils.registry import METRIC_REGISTRY
 
-__all__ = ['to_uint8', 'rgb_to_y', 'psnr_matlab', 'ssim_matlab', 'calculate_psnr_matlab', 'calculate_ssim_matlab']
+__all__ = ['to_uint8', 'rgb_to_y', 'psnr_matlab', 'ssim_matlab', 'calculate_psnr_matlab', 'calculate_ssim_matlab',
+           'calculate_psnr_basicsr', 'calculate_ssim_basicsr']
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
@@ -105,3 +106,17 @@ def calculate_ssim_matlab(pred: Tensor, gt: Tensor, *, crop_border: int = 0, tes
     pred, gt = as_batch(pred, gt)
     return float(np.mean([ssim_matlab(*_prepare(p, g, crop_border, test_y_channel)) for p, g in zip(pred, gt)]))
 
+
+
+@METRIC_REGISTRY.register(name='calculate_psnr')
+def calculate_psnr_basicsr(pred: Tensor, gt: Tensor, *, crop_border: int, test_y_channel: bool = False) -> float:
+    """BasicSR's ``calculate_psnr`` name and defaults (``crop_border`` required, RGB unless ``test_y_channel``):
+    :func:`calculate_psnr_matlab`, which computes the same MATLAB-compatible PSNR."""
+    return calculate_psnr_matlab(pred, gt, crop_border=crop_border, test_y_channel=test_y_channel)
+
+
+@METRIC_REGISTRY.register(name='calculate_ssim')
+def calculate_ssim_basicsr(pred: Tensor, gt: Tensor, *, crop_border: int, test_y_channel: bool = False) -> float:
+    """BasicSR's ``calculate_ssim`` name and defaults (``crop_border`` required, RGB unless ``test_y_channel``):
+    :func:`calculate_ssim_matlab`."""
+    return calculate_ssim_matlab(pred, gt, crop_border=crop_border, test_y_channel=test_y_channel)

@@ -24,6 +24,7 @@ from codes.losses import build_loss
 from codes.metrics import build_metric
 from codes.models.optim import build_optimizer, build_scheduler
 from codes.utils import dist as du
+from codes.utils.build import OptionError
 from codes.utils.checkpoint import atomic_save, get_rng_states, load_network, set_rng_states
 
 __all__ = ['BaseModel', 'select_device']
@@ -35,7 +36,7 @@ _DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 def select_device(opt: dict) -> torch.device:
     """``cuda:LOCAL_RANK`` when CUDA is available and ``num_gpu`` is not 0, else the CPU."""
-    num_gpu = opt.get('num_gpu', 'auto')
+    num_gpu = opt['num_gpu']
     if num_gpu != 0 and torch.cuda.is_available():
         return torch.device('cuda', du.local_rank())
     if num_gpu not in (0, 'auto'):
@@ -48,11 +49,13 @@ class BaseModel:
     (``val.metrics``) and the sharded gathering of per-sample validation records.
 
     Args:
-        opt: the whole normalised option tree (see ``codes.utils.options``).
+        opt: the whole normalised option tree (``codes.utils.options.normalize_options``: every default filled in).
     """
 
     #: whether ``validation`` writes challenge submission files (test.py's default for ``val.save_submission``)
     writes_submission = False
+    #: option blocks this model adds to ``codes.utils.options.SCHEMA`` (same notation; merged in by model_type)
+    option_schema: dict = {}
 
     def __init__(self, opt: dict) -> None:
         self.opt = opt
@@ -62,17 +65,16 @@ class BaseModel:
         self.net_g = build_network(opt['network_g']).to(self.device)
         n_params = sum(p.numel() for p in self.net_g.parameters())
         logger.info('Network %s: %s parameters', type(self.net_g).__name__, f'{n_params:,}')
-        path = opt.get('path', {})
-        self.pretrained = path.get('pretrain_network_g')
+        path = opt['path']
+        self.pretrained = path['pretrain_network_g']
         if self.pretrained:
-            load_network(self.net_g, self.pretrained, path.get('strict_load_g', True),
-                         path.get('param_key_g', 'params'))
+            load_network(self.net_g, self.pretrained, path['strict_load_g'], path['param_key_g'])
         self.net_g_ema: nn.Module | None = None
-        self.amp_dtype = _DTYPES[opt.get('train', {}).get('precision', 'fp32')]
-        self.eval_dtype = _DTYPES[opt.get('val', {}).get('precision', 'fp32')]
+        self.amp_dtype = _DTYPES[opt['train']['precision']]
+        self.eval_dtype = _DTYPES[opt['val']['precision']]
         self.best: dict[str, dict[str, Any]] = {}
         self.nan_skips = 0
-        metrics = opt.get('val', {}).get('metrics', {})
+        metrics = opt['val']['metrics']
         self.metrics: dict[str, Callable[..., float]] = {
             name: build_metric(m, f'val.metrics.{name}') for name, m in metrics.items()}
         self.better = {name: m.get('better', 'higher') for name, m in metrics.items()}
@@ -86,7 +88,7 @@ class BaseModel:
     def _init_training(self) -> None:
         train = self.opt['train']
         self.net_g.train()
-        ema_decay = float(train.get('ema_decay', 0.0))
+        ema_decay = float(train['ema_decay'])
         if ema_decay > 0:
             self.net_g_ema = copy.deepcopy(self.net_g).eval()
             for p in self.net_g_ema.parameters():
@@ -97,35 +99,36 @@ class BaseModel:
                 except Exception as exc:  # the file has no usable params_ema: keep the copy of params
                     logger.info('EMA starts as a copy of net_g (%s)', exc)
         self.ema_decay = ema_decay
-        freeze = train.get('freeze') or {}
-        self.freeze_patterns = list(freeze.get('patterns', []))
-        self.freeze_iters = int(freeze.get('iters', 0))
+        self.freeze_patterns = list(train['freeze']['patterns'])
+        self.freeze_iters = int(train['freeze']['iters'])
         if self.freeze_patterns and self.freeze_iters > 0 and self.pretrained:
             logger.info('Not freezing %s: weights come from %s (freezing is for training from scratch)',
                         self.freeze_patterns, self.pretrained)
             self.freeze_iters = 0
         self._frozen: bool | None = None
         if self.world_size > 1:
-            find_unused = self.opt.get('find_unused_parameters', self.freeze_iters > 0)
+            find_unused = self.opt['find_unused_parameters']
+            if find_unused is None:
+                find_unused = self.freeze_iters > 0
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.net_g = DistributedDataParallel(self.net_g, device_ids=ids, find_unused_parameters=find_unused)
         self.optimizer = build_optimizer(self.optimizer_params(), train['optim_g'])
-        self.scheduler = build_scheduler(self.optimizer, train['scheduler']) if train.get('scheduler') else None
-        self.cri_pix = build_loss(train.get('pixel_opt', {'type': 'L1Loss'})).to(self.device)
-        precision = train.get('precision', 'fp32')
+        self.scheduler = build_scheduler(self.optimizer, train['scheduler']) if train['scheduler'] else None
+        self.cri_pix = build_loss(train['pixel_opt']).to(self.device)
+        precision = train['precision']
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == 'fp16' else None
-        self.grad_clip_norm = train.get('grad_clip_norm')
-        self.warmup_iter = int(train.get('warmup_iter', 0))
+        self.grad_clip_norm = train['grad_clip_norm']
+        self.warmup_iter = max(int(train['warmup_iter']), 0)
         for g in self.optimizer.param_groups:  # schedulers set it too; the warm-up ramps towards it
             g.setdefault('initial_lr', g['lr'])
-        self.nan_skip_limit = int(train.get('nan_skip_limit', 100))
-        guard = train.get('divergence_guard') or {}
-        self.guard_metric = guard.get('metric')
-        self.guard_max_drop = float(guard.get('max_drop', 3.0))
-        self.guard_lr_factor = float(guard.get('lr_factor', 0.5))
+        self.nan_skip_limit = int(train['nan_skip_limit'])
+        guard = train['divergence_guard']
+        self.guard_metric = guard['metric']
+        self.guard_max_drop = float(guard['max_drop'])
+        self.guard_lr_factor = float(guard['lr_factor'])
         if self.guard_metric is not None and self.guard_metric not in self.metrics:
-            raise ValueError(f"train.divergence_guard.metric: '{self.guard_metric}' is not one of val.metrics "
-                             f"({', '.join(self.metrics) or 'none'})")
+            raise OptionError('train.divergence_guard.metric', f"'{self.guard_metric}' is not one of val.metrics "
+                              f"({', '.join(self.metrics) or 'none'})", self.opt.get('opt_file'))
         self._snapshot: dict[str, Any] | None = None
         self.rollbacks = 0
         logger.info('Training in %s on %s (world size %d)', precision, self.device, self.world_size)
@@ -344,7 +347,7 @@ class BaseModel:
         du.barrier()
 
     def _prune(self, models_dir: Path, states_dir: Path, current_iter: int) -> None:
-        keep = int(self.opt.get('logger', {}).get('keep_last', 0))
+        keep = int(self.opt['logger']['keep_last'])
         if keep <= 0:
             return
         iters = sorted(int(p.stem) for p in states_dir.glob('*.state') if p.stem.isdigit())

@@ -34,13 +34,12 @@ from codes.losses import build_loss
 from codes.metrics.psnr_ssim_metric import calculate_psnr_matlab, to_uint8
 from codes.models.base_model import BaseModel
 from codes.utils.build import OptionError
+from codes.utils.options import TYPED_LOSS, Key
 from codes.utils.registry import MODEL_REGISTRY
 
 __all__ = ['BlindSRModel', 'kernel_to_image']
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_KERNEL_OPT = {'type': 'DCLSKernelLoss', 'loss_weight': 1.0}
 
 
 def kernel_to_image(kernel: Tensor, zoom: int = 4) -> np.ndarray:
@@ -56,6 +55,10 @@ def kernel_to_image(kernel: Tensor, zoom: int = 4) -> np.ndarray:
 class BlindSRModel(BaseModel):
     """Blind SR model: ``lq`` (B, 3, h, w) RGB -> ``(sr (B, 3, s·h, s·w), kernel (B, 1, ks, ks))``."""
 
+    #: ``train.kernel_opt``: the kernel loss; ``train.lr_estimator``: the Estimator's lr (None: optim_g's)
+    option_schema = {'train': {'kernel_opt': Key(TYPED_LOSS, {'type': 'DCLSKernelLoss', 'loss_weight': 1.0}),
+                               'lr_estimator': Key(float | None, None, minimum=0)}}
+
     def __init__(self, opt: dict) -> None:
         net_scale = opt['network_g'].get('scale')
         top_scale = opt.get('scale')
@@ -66,7 +69,7 @@ class BlindSRModel(BaseModel):
 
     def _init_training(self) -> None:
         super()._init_training()
-        kernel_opt = self.opt['train'].get('kernel_opt', DEFAULT_KERNEL_OPT)
+        kernel_opt = self.opt['train']['kernel_opt']
         self.cri_ker = build_loss(kernel_opt, 'train.kernel_opt').to(self.device)
         if float(getattr(self.cri_ker, 'loss_weight', 1.0)) == 0:
             self.cri_ker = None
@@ -77,7 +80,7 @@ class BlindSRModel(BaseModel):
         if not (hasattr(net, 'Restorer') and hasattr(net, 'Estimator')):
             return net.parameters()
         estimator = {'params': list(net.Estimator.parameters())}
-        lr_e = self.opt['train'].get('lr_estimator')
+        lr_e = self.opt['train']['lr_estimator']
         if lr_e is not None:
             estimator['lr'] = float(lr_e)
         return [{'params': list(net.Restorer.parameters())}, estimator]

@@ -26,6 +26,7 @@ from codes.metrics.aligned_metric import calculate_aligned_psnr
 from codes.metrics.alignment import SpatialColorAlignment, build_flow_estimator
 from codes.metrics.metric_util import bilinear_baseline
 from codes.models.burst_sr_model import BurstSRModel, _meta_item
+from codes.utils.options import Key
 from codes.utils.registry import MODEL_REGISTRY
 
 __all__ = ['RealBurstSRModel', 'render_burstsr_srgb']
@@ -59,12 +60,16 @@ class RealBurstSRModel(BurstSRModel):
     """``BurstSRModel`` for the real track (see the module docstring). Options read here: ``val.alignment``
     (``flow_estimator``: auto | pwcnet | dis, ``pwcnet_path``, ``dis_preset``, ``sr_factor``)."""
 
+    option_schema = {'val': {'alignment': {
+        'flow_estimator': Key(('auto', 'pwcnet', 'dis'), 'auto'), 'pwcnet_path': Key(str | None, None),
+        'dis_preset': Key(('ultrafast', 'fast', 'medium'), 'medium'), 'sr_factor': Key(int, 4, minimum=1)}}}
+
     def __init__(self, opt: dict) -> None:
         super().__init__(opt)
-        align = dict(opt.get('val', {}).get('alignment') or {})
-        estimator = build_flow_estimator(align.get('flow_estimator', 'auto'), align.get('pwcnet_path'),
-                                         align.get('dis_preset', 'medium'), where='val.alignment')
-        self.alignment = SpatialColorAlignment(estimator, int(align.get('sr_factor', 4)), boundary_ignore=0)
+        align = opt['val']['alignment']
+        estimator = build_flow_estimator(align['flow_estimator'], align['pwcnet_path'], align['dis_preset'],
+                                         where='val.alignment')
+        self.alignment = SpatialColorAlignment(estimator, int(align['sr_factor']), boundary_ignore=0)
         self.alignment.to(self.device)
         self.metric_takes_valid = {name: _takes_valid(fn) for name, fn in self.metrics.items()}
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from codes.utils.errors import UserError
 from codes.utils.registry import Registry
 
-__all__ = ['OptionError', 'build_from_registry', 'check_kwargs', 'coerce_value']
+__all__ = ['OptionError', 'OptionErrors', 'build_from_registry', 'check_kwargs', 'coerce_value']
 
 
 class OptionError(UserError, ValueError):
@@ -34,6 +34,34 @@ class OptionError(UserError, ValueError):
     def with_file(self, file: str) -> 'OptionError':
         """The same error, naming ``file``."""
         return OptionError(self.where, self.detail, file)
+
+
+class OptionErrors(OptionError):
+    """Several problems of one option file, reported together: the message holds one line per problem."""
+
+    def __init__(self, errors: list[OptionError]) -> None:
+        self.errors = [e for exc in errors for e in OptionErrors.flatten(exc)]
+        first = self.errors[0]
+        self.where, self.detail, self.file = first.where, first.detail, first.file
+        lines = '\n'.join(f'  {e}' for e in self.errors)
+        UserError.__init__(self, f'{len(self.errors)} problems in the options:\n{lines}')
+
+    def with_file(self, file: str) -> 'OptionErrors':
+        """The same errors, each naming ``file`` (unless it names another one already)."""
+        return OptionErrors([e if e.file else e.with_file(file) for e in self.errors])
+
+    @staticmethod
+    def flatten(exc: OptionError) -> list[OptionError]:
+        """The single errors an ``OptionError`` stands for."""
+        return list(exc.errors) if isinstance(exc, OptionErrors) else [exc]
+
+    @staticmethod
+    def raise_all(errors: list[OptionError]) -> None:
+        """Raise nothing for no error, the error itself for one, an ``OptionErrors`` for several."""
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise OptionErrors(errors)
 
 
 def _type_name(tp: Any) -> str:
@@ -56,9 +84,10 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
             try:
                 return coerce_value(value, arg, where)
             except OptionError as exc:
-                errors.append(exc)
-        if len(errors) == 1:  # Optional[X]: X's own message is the most precise
-            raise errors[0]
+                errors.append((arg, exc))
+        plain = [exc for arg, exc in errors if arg in (bool, int, float, str)]
+        if len(errors) == 1 or len(plain) == 1:  # Optional[X], float | Tensor: X's own message is the most precise
+            raise (plain or [errors[0][1]])[0]
         raise OptionError(where, f'expected {_type_name(tp)}, got {value!r} ({type(value).__name__})')
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
@@ -128,7 +157,7 @@ def check_kwargs(fn: Any, kwargs: Mapping[str, Any], where: str, supplied: tuple
     params = {k: p for k, p in sig.parameters.items() if k != 'self'}
     has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {k: p for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    out = {}
+    out, errors = {}, []
     for key, value in kwargs.items():
         if key not in named:
             if has_var_kw:
@@ -137,15 +166,20 @@ def check_kwargs(fn: Any, kwargs: Mapping[str, Any], where: str, supplied: tuple
             close = [k for k in named if k.lower() == str(key).lower()] or \
                 difflib.get_close_matches(str(key), list(named), n=2)
             hint = f' Did you mean {", ".join(map(repr, close))}?' if close else ''
-            raise OptionError(f'{where}.{key}', f'unknown key for {fn.__name__}.{hint} '
-                              f'Accepted keys: {", ".join(named)}')
-        out[key] = coerce_value(value, hints.get(key, Any), f'{where}.{key}')
-    for key in supplied:
-        if key in kwargs:
-            raise OptionError(f'{where}.{key}', 'is set by the runner, not by the option file')
+            errors.append(OptionError(f'{where}.{key}', f'unknown key for {fn.__name__}.{hint} '
+                                      f'Accepted keys: {", ".join(k for k in named if k not in supplied)}'))
+            continue
+        if key in supplied:
+            errors.append(OptionError(f'{where}.{key}', 'is set by the runner, not by the option file'))
+            continue
+        try:
+            out[key] = coerce_value(value, hints.get(key, Any), f'{where}.{key}')
+        except OptionError as exc:
+            errors.append(exc)
     missing = [k for k, p in named.items() if p.default is p.empty and k not in kwargs and k not in supplied]
     if missing:
-        raise OptionError(where, f'{fn.__name__} needs the key(s) {", ".join(missing)}')
+        errors.append(OptionError(where, f'{fn.__name__} needs the key(s) {", ".join(missing)}'))
+    OptionErrors.raise_all(errors)
     return out
 
 

@@ -31,6 +31,10 @@ class CheckpointError(UserError, RuntimeError):
     """A file that is not the checkpoint it should be; the message names the file."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that names no file."""
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``. Raises on failure."""
     path = Path(path)
@@ -56,7 +60,7 @@ def load_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'checkpoint not found: {path}')
+        raise CheckpointNotFoundError(f'checkpoint not found: {path}')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 
-__all__ = ['init_dist_from_env', 'get_dist_info', 'is_main_process', 'barrier', 'all_reduce_sum',
+__all__ = ['init_dist_from_env', 'init_dist_from_options', 'get_dist_info', 'is_main_process', 'barrier', 'all_reduce_sum',
            'broadcast_object', 'destroy_dist', 'local_rank', 'reduce_mean']
 
 
@@ -34,6 +34,14 @@ def init_dist_from_env(backend: str | None = None, timeout_minutes: float = 30.0
     dist.init_process_group(backend=backend, init_method='env://',
                             timeout=datetime.timedelta(minutes=timeout_minutes))
     return True
+
+
+def init_dist_from_options(dist_params: Mapping[str, Any]) -> bool:
+    """:func:`init_dist_from_env` with the ``dist_params`` option block (``backend``, ``timeout_minutes``; ``port``
+    becomes MASTER_PORT when the launcher did not set one, as in BasicSR's slurm launch)."""
+    if dist_params['port'] is not None:
+        os.environ.setdefault('MASTER_PORT', str(dist_params['port']))
+    return init_dist_from_env(dist_params['backend'], dist_params['timeout_minutes'])
 
 
 def get_dist_info() -> tuple[int, int]:

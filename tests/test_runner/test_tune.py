@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from codes.train import train_pipeline
-from codes.utils.options import OptionError, load_yaml, validate_options
+from codes.utils.options import OptionError, fill_defaults, load_yaml, validate_options
 from tests.test_runner.tiny import tiny_options, write_options
 
 optuna = pytest.importorskip('optuna')
-from codes.tune import _classify, _make_pruner, _run_child, parse_search_space, tune_pipeline  # noqa: E402
+from codes.tune import TUNE_SCHEMA, _classify, _make_pruner, _run_child, parse_search_space, tune_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,11 +159,14 @@ def test_objective_metric_and_direction(tmp_path, sample_data, metric, better, d
 
 def test_pruners_and_failure_reasons():
     import torch
-    hyperband = _make_pruner({'pruner': {'type': 'hyperband', 'min_resource': 2, 'reduction_factor': 2}}, 40)
+    def cfg(block):  # the tune block as _prepare hands it on: the schema's defaults filled in
+        return fill_defaults(block, TUNE_SCHEMA, None)
+
+    hyperband = _make_pruner(cfg({'pruner': {'type': 'hyperband', 'min_resource': 2, 'reduction_factor': 2}}), 40)
     assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 40
-    median = _make_pruner({'pruner': {'type': 'median', 'n_warmup_steps': 3}}, 40)
+    median = _make_pruner(cfg({'pruner': {'type': 'median', 'n_warmup_steps': 3}}), 40)
     assert isinstance(median, optuna.pruners.MedianPruner)
-    assert isinstance(_make_pruner({}, 40), optuna.pruners.NopPruner)
+    assert isinstance(_make_pruner(cfg({}), 40), optuna.pruners.NopPruner)
     assert _classify(torch.cuda.OutOfMemoryError('CUDA out of memory.')).startswith('out of memory')
     assert _classify(FloatingPointError('too many')).startswith('non-finite loss')
     assert _classify(OptionError('a.b', 'bad')).startswith('invalid sampled combination')
