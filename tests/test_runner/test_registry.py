@@ -90,3 +90,38 @@ def test_real_registries_list_the_project_classes():
     assert 'BurstSRModel' in MODEL_REGISTRY.keys()
     with pytest.raises(OptionError, match="Registered archs: .*BSRT"):
         build_network({'type': 'BSRTT'})
+
+
+def test_syntax_error_fails_only_that_files_names_and_name_keyword_is_found(fake_package, tmp_path):
+    pkg = tmp_path / 'fakepkg_reg'
+    (pkg / 'typo_arch.py').write_text('from fakepkg_reg import REG\n\n@REG.register()\nclass TypoNet(:\n    pass\n')
+    (pkg / 'named_arch.py').write_text(textwrap.dedent('''
+        from fakepkg_reg import REG
+
+        @REG.register(name='calculate_alias')
+        def some_function(x: int = 1):
+            return x
+    '''))
+    fake_package._index = None  # rescan with the new files
+    assert 'calculate_alias' in fake_package.keys() and 'some_function' not in fake_package.keys()
+    assert fake_package.get('calculate_alias').__name__ == 'some_function'
+    assert fake_package.get('GoodNet').__name__ == 'GoodNet'
+    with pytest.raises(KeyError, match=r"No arch named 'TypoNet'.*fakepkg_reg.typo_arch could not be read: "
+                                       r'SyntaxError'):
+        fake_package.get('TypoNet')
+
+
+def test_basicsr_metric_names_are_aliases():
+    import torch
+
+    from codes.metrics import build_metric
+    from codes.metrics.psnr_ssim_metric import calculate_psnr_matlab, calculate_ssim_matlab
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(3, 24, 24, generator=g)
+    pred = (gt + 0.05 * torch.randn(3, 24, 24, generator=g)).clamp(0, 1)
+    psnr = build_metric({'type': 'calculate_psnr', 'crop_border': 2})
+    assert psnr(pred, gt) == calculate_psnr_matlab(pred, gt, crop_border=2, test_y_channel=False)
+    ssim = build_metric({'type': 'calculate_ssim', 'crop_border': 2, 'test_y_channel': True})
+    assert ssim(pred, gt) == calculate_ssim_matlab(pred, gt, crop_border=2, test_y_channel=True)
+    with pytest.raises(OptionError, match='calculate_psnr_basicsr needs the key.s. crop_border'):
+        build_metric({'type': 'calculate_psnr'})
