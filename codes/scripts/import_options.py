@@ -210,8 +210,8 @@ def convert_bsrt_command(command: str, track: str = 'auto', dataset_size: int | 
             notes.skip(u, 'not a flag this converter knows')
     if track == 'auto':
         track = 'real' if '/real/' in script or (args.pre_train and args.patch_size <= 80) else 'synthetic'
-        notes.lines.append(f'track: {track} (from {"the script path" if script and "/real/" in script else "the flags"};'
-                           ' --track overrides)')
+        origin = 'the script path' if '/real/' in script else 'the flags'
+        notes.lines.append(f'track: {track} (from {origin}; --track overrides)')
     if args.model != 'BSRT':
         raise OptionError('--model', f'only BSRT is converted, got {args.model!r}')
     if args.model_level not in ('S', 'L'):
@@ -246,7 +246,8 @@ def convert_bsrt_command(command: str, track: str = 'auto', dataset_size: int | 
         if not args.pre_train:
             train['freeze'] = {'patterns': ['spynet', 'dcnpack'], 'iters': 4 * ipe}  # epochs 1-4, as the original
         datasets = {
-            'train': {'name': 'zurich_raw2rgb', 'type': 'SyntheticBurstDataset', 'dataroot': 'datasets/zurich-raw-to-rgb',
+            'train': {'name': 'zurich_raw2rgb', 'type': 'SyntheticBurstDataset',
+                      'dataroot': 'datasets/zurich-raw-to-rgb',
                       'burst_size': args.burst_size, 'crop_size': args.patch_size, 'channel_order': 'bgr',
                       'batch_size_per_gpu': per_gpu, 'num_worker_per_gpu': min(per_gpu, 8)},
             'val': {'name': 'SyntheticBurstVal', 'type': 'SyntheticBurstValDataset',

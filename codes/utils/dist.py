@@ -8,8 +8,8 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-__all__ = ['init_dist_from_env', 'init_dist_from_options', 'get_dist_info', 'is_main_process', 'barrier', 'all_reduce_sum',
-           'broadcast_object', 'destroy_dist', 'local_rank', 'reduce_mean']
+__all__ = ['init_dist_from_env', 'init_dist_from_options', 'get_dist_info', 'is_main_process', 'barrier',
+           'all_reduce_sum', 'broadcast_object', 'destroy_dist', 'local_rank', 'reduce_mean']
 
 
 def local_rank() -> int:
