@@ -313,6 +313,8 @@ def _validate(node: Any, spec: Any, where: str, ctx: _Ctx) -> Any:
     key = _as_key(spec)
     if key.refuse:
         return ctx.error(where, key.refuse)
+    if node is None and key.default is None:  # '~' for a key whose default is None: the default
+        return None
     s = key.spec
     if isinstance(s, str) and s in _TYPED:
         return _check_typed(s, node, where, ctx)
@@ -619,6 +621,62 @@ def parse_options(root: str | os.PathLike, is_train: bool, argv: list[str] | Non
     return opt, args
 
 
-def print_options(opt: Mapping[str, Any], stream: Any = None) -> None:
-    """Write the resolved options as YAML (``--print-options``)."""
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _signature_defaults(cls: Any, supplied: tuple[str, ...] = ()) -> dict:
+    """The keyword defaults of ``cls``'s constructor (or of a function) that an option file can hold."""
+    import inspect
+    target = cls.__init__ if inspect.isclass(cls) else cls
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for p in params:
+        if p.name in ('self', *supplied) or p.default is p.empty or p.kind not in (p.POSITIONAL_OR_KEYWORD,
+                                                                                     p.KEYWORD_ONLY):
+            continue
+        value = list(p.default) if isinstance(p.default, tuple) else p.default
+        if isinstance(value, _PLAIN) or (isinstance(value, list) and all(isinstance(v, _PLAIN) for v in value)):
+            out[p.name] = value
+    return out
+
+
+def _with_constructor_defaults(node: Any, spec: Any) -> Any:
+    key = _as_key(spec)
+    s = key.spec
+    if isinstance(s, str) and s in _TYPED and isinstance(node, Mapping) and 'type' in node:
+        try:
+            cls = _TYPED[s].get(node['type'])
+        except (KeyError, ImportError):
+            return node
+        out = {**node, **{k: v for k, v in _signature_defaults(cls, _SUPPLIED.get(s, ())).items() if k not in node}}
+        if isinstance(out.get('schedulers'), list):
+            out['schedulers'] = [_with_constructor_defaults(b, TYPED_SCHED) for b in out['schedulers']]
+        return out
+    if isinstance(s, str) and s == DATASETS and isinstance(node, Mapping):
+        out = {}
+        for phase, block in node.items():
+            try:
+                cls = DATASET_REGISTRY.get(block['type'])
+                out[phase] = {**block, **{k: v for k, v in _signature_defaults(cls).items() if k not in block}}
+            except (KeyError, ImportError, TypeError):
+                out[phase] = block
+        return out
+    if isinstance(s, dict) and isinstance(node, Mapping):
+        return {k: _with_constructor_defaults(v, s.get(k, s.get('*'))) if (k in s or '*' in s) else v
+                for k, v in node.items()}
+    return node
+
+
+def print_options(opt: Mapping[str, Any], stream: Any = None, constructor_defaults: bool = True) -> None:
+    """Write the resolved options as YAML (``--print-options``); with ``constructor_defaults`` every block that
+    names a ``type`` also shows the defaults of that constructor's arguments it does not set."""
+    if constructor_defaults and 'model_type' in opt:
+        opt = _with_constructor_defaults(opt, model_schema(opt.get('model_type')))
+        # what normalize_options derives is left out, so that the output is itself a valid option file
+        opt = {k: v for k, v in opt.items() if k not in ('is_train', 'opt_file')}
+        if isinstance(opt.get('path'), Mapping):
+            opt['path'] = {k: v for k, v in opt['path'].items() if k in SCHEMA['path']}
     (stream or sys.stdout).write(yaml.safe_dump(_plain(opt), sort_keys=False))

@@ -188,7 +188,10 @@ def test_print_options_prints_the_resolved_options(tmp_path, capsys):
     printed = yaml.safe_load(out)
     assert printed['train']['optim_g']['lr'] == 5e-4 and printed['train']['nan_skip_limit'] == 100
     assert printed['path']['experiments_root'] == str(tmp_path / 'experiments' / 'demo_synthetic')
+    assert printed['network_g']['window_size'] == 8 and printed['datasets']['train']['max_rotation'] == 1.0  # BSRT's
+    assert printed['train']['optim_g']['betas'] == [0.9, 0.999]  # and Adam's constructor defaults
     assert not (tmp_path / 'experiments').exists()
+    assert validate_options(printed, 'printed.yml') is not None  # the output is a valid option file itself
 
 
 def test_dry_run_trains_one_step_and_writes_nothing(tmp_path, sample_data, one_thread):
