@@ -233,3 +233,18 @@ def test_real_bugs_keep_their_traceback():
         raise ZeroDivisionError('a bug')
     with pytest.raises(ZeroDivisionError):
         run_cli(bug, 'train.py')
+
+
+def test_every_entry_point_prepares_the_sample_data_its_file_names(tmp_path, monkeypatch, capsys):
+    import codes.scripts.sample_data as sd
+    from codes.tune import tune_pipeline
+    calls = []
+    monkeypatch.setattr(sd, 'prepare_sample_data', lambda out, blind=False: calls.append((out, blind)))
+    opt = {**demo_options(tmp_path, D), 'prepare_blind_sample_data': str(tmp_path / 'blind'),
+           'search_space': {'train.optim_g.lr': {'low': 1e-4, 'high': 1e-3, 'log': True}},
+           'tune': {'max_iters': 2, 'n_trials': 1}}
+    path = write_options(tmp_path / 'tune.yml', opt)
+    assert tune_pipeline(tmp_path, ['-opt', str(path), '--print-options']) is None
+    assert calls == [(str(tmp_path / 'blind'), True)]  # the blind-SR sample, as train.py prepares it
+    printed = list(yaml.safe_load_all(capsys.readouterr().out.replace('\ntrial:', '\n---\ntrial:')))
+    assert printed[0]['tune']['pruner']['type'] == 'none' and printed[1]['trial']['train']['total_iter'] == 2
