@@ -64,7 +64,7 @@ INFER_SCHEMA: dict[str, Any] = {
     'param_key': Key(('auto', 'params', 'params_ema'), 'auto'),
     'device': Key(str, 'auto'),
     'precision': Key(PRECISIONS, 'fp32'),
-    'tile': Key(int | None, None, minimum=1),  # 0 on the command line: none
+    'tile': Key(int | None, None, minimum=1, hint='0 or ~: the whole input at once'),
     'tile_overlap': Key(int, 8, minimum=0),
     'input_kind': Key(INPUT_KINDS, 'auto'),
     'linear_format': Key(('png', 'tiff'), 'png'),
