@@ -25,9 +25,9 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -234,12 +234,47 @@ def _network_call(net: nn.Module, device: torch.device, precision: str) -> Calla
 
 
 # ------------------------------------------------------------------------------------------------- runners
+@contextmanager
+def _input_errors(opt: dict, model: str) -> Iterator[None]:
+    """Errors reading the input (missing, unreadable, of another kind) as one-line errors naming ``input``."""
+    try:
+        yield
+    except OptionError:
+        raise
+    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as exc:
+        raise OptionError('input', f'{exc} ({model} weights {opt["weights"]})', opt.get('opt_file')) from None
+    except OSError as exc:  # cannot decode image
+        raise OptionError('input', str(exc), opt.get('opt_file')) from None
+
+
+def _packed_raw_frame(path: Path) -> bool:
+    """Whether ``path`` is a challenge-format RAW frame (4-channel uint16 PNG of packed RGGB), not a photograph."""
+    if path.suffix.lower() != '.png':
+        return False
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return image is not None and image.dtype == np.uint16 and image.ndim == 3 and image.shape[2] == 4
+
+
+def check_image_input(path: str | Path, files: list[Path]) -> None:
+    """Refuse a RAW burst given to an image model (DCLS): RAW files, BurstSR samsung_XX folders or packed RAW
+    frames. Raises OptionError naming ``input``."""
+    from codes.data.burst_inputs import RAW_EXTENSIONS, burst_kind
+    path = Path(path)
+    kind = burst_kind(path) if path.is_dir() else ('raw' if path.suffix.lower() in RAW_EXTENSIONS else None)
+    raw = kind in ('raw', 'burstsr') or any(_packed_raw_frame(f) for f in files[:1])
+    if raw:
+        raise OptionError('input', f'{path} is a RAW burst (packed RGGB frames), but the weights are for DCLS, '
+                          'which super-resolves RGB images; run a BSRT checkpoint on bursts, or give DCLS '
+                          'photographs (PNG/JPEG/TIFF)')
+
+
 def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -> list[dict]:
     """BSRT on every burst under ``opt['input']``; returns one record per burst."""
     kind = opt['input_kind']
     if kind == 'image':
         raise OptionError('input_kind', "'image' is for DCLS; a BSRT takes bursts (png, raw or burstsr)")
-    jobs = find_bursts(opt['input'], kind)
+    with _input_errors(opt, 'BSRT'):
+        jobs = find_bursts(opt['input'], kind)
     multiple = math.lcm(net.window_size, 2)
     call = _network_call(net, device, opt['precision'])
     records = []
@@ -248,7 +283,8 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
             tqdm(jobs, desc='bursts', unit='burst', disable=None) as files_bar, \
             tqdm(desc='tiles', unit='tile', leave=False, disable=None) as tiles_bar:
         for kind_i, path in files_bar:
-            burst = read_burst(kind_i, path)
+            with _input_errors(opt, 'BSRT'):
+                burst = read_burst(kind_i, path)
             idx, message = select_frames(burst.frames.shape[0], net.burst_size)
             if message:
                 logger.warning('%s: %s', path, message)
@@ -330,7 +366,9 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
     from codes.data.burst_inputs import find_images, read_rgb_image
     if opt['input_kind'] not in ('auto', 'image'):
         raise OptionError('input_kind', f"DCLS takes images; got input_kind {opt['input_kind']!r}")
-    files = find_images(opt['input'])
+    with _input_errors(opt, 'DCLS'):
+        files = find_images(opt['input'])
+    check_image_input(opt['input'], files)
     given = _load_kernel(opt['kernel'], net.kernel_size) if opt.get('kernel') else None
     tile = opt['tile']
     if tile and tile < 2 * net.kernel_size:
@@ -344,7 +382,8 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
             tqdm(files, desc='images', unit='image', disable=None) as files_bar, \
             tqdm(desc='tiles', unit='tile', leave=False, disable=None) as tiles_bar:
         for path in files_bar:
-            lr = read_rgb_image(path)[None]  # (1, 3, h, w)
+            with _input_errors(opt, 'DCLS'):
+                lr = read_rgb_image(path)[None]  # (1, 3, h, w)
             start = time.time()
             kernel = given if given is not None else estimate_kernel(net, lr, tile, opt['tile_overlap'], device,
                                                                      opt['precision'], tiles_bar)
