@@ -1,10 +1,11 @@
 """Evaluation pipeline: load a checkpoint, score every dataset of the option file, write metrics and images.
 
 For each dataset block ``datasets.<phase>`` it writes, under ``results/<name>/<dataset>/``:
-``metrics.json`` (per-image and mean values), ``visualization/*.png`` (the model's images, with ``val.save_img``:
+``metrics.json`` (per-image and mean values, written before anything else of the set), ``visualization/*.png`` (the model's images, with ``val.save_img``:
 sRGB prediction | ground truth for burst SR, SR image and ``_ker.png`` kernel for blind SR) and, for models that
 write them, ``submission/*.png`` plus ``submission.zip`` (14-bit challenge format, with ``val.save_submission``).
-Runs on one process or sharded under torchrun.
+A sample key with folders (``train/canon/0.jpg_000000``) gives files in the same sub-folders. Training sets
+(``datasets.train*``) are not evaluated. Runs on one process or sharded under torchrun.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
         raise OptionError('path.pretrain_network_g', 'test.py needs the weights to evaluate', opt['opt_file'])
     if not opt.get('datasets'):
         raise OptionError('datasets', 'list at least one dataset to evaluate', opt['opt_file'])
+    phases = [(p, d) for p, d in sorted(opt['datasets'].items()) if not p.startswith('train')]
+    if not phases:
+        raise OptionError('datasets', 'test.py scores the validation and test sets (datasets.val*, datasets.test*); '
+                          'this file lists only a training set', opt['opt_file'])
     du.init_dist_from_env(opt.get('dist_params', {}).get('backend'))
     rank, world = du.get_dist_info()
     results_root = Path(opt['path']['results_root'])
@@ -43,19 +48,24 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
         du.barrier()
         setup_logging(results_root / f"test_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log", rank)
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
+        for phase in sorted(set(opt['datasets']) - {p for p, _ in phases}):
+            logger.info('datasets.%s: not evaluated (a training set is randomly cropped and augmented; test.py '
+                        'scores the val*/test* sets)', phase)
         model = build_model(opt)
         val = opt.get('val', {})
         results = {}
-        for phase, ds_opt in sorted(opt['datasets'].items()):
+        for phase, ds_opt in phases:
             dataset = build_dataset(ds_opt, f'datasets.{phase}')
             loader = build_dataloader(dataset, ds_opt, ShardSampler(len(dataset), world, rank), opt['manual_seed'],
                                       rank, train=False)
             out_dir = results_root / ds_opt['name']
             sub_dir = out_dir / 'submission' if val.get('save_submission', model.writes_submission) else None
             img_dir = out_dir / 'visualization' if val.get('save_img', True) else None
-            for d in (sub_dir, img_dir):
-                if d is not None:
-                    d.mkdir(parents=True, exist_ok=True)
+            if rank == 0:
+                for d in (out_dir, sub_dir, img_dir):
+                    if d is not None:
+                        d.mkdir(parents=True, exist_ok=True)
+            du.barrier()
             res = model.validation(loader, ds_opt['name'], image_dir=img_dir, submission_dir=sub_dir,
                                    max_images=len(dataset) if img_dir is not None else 0)
             results[ds_opt['name']] = res
@@ -63,11 +73,11 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
             if rank == 0:
                 record = {'dataset': ds_opt['name'], 'checkpoint': opt['path']['pretrain_network_g'],
                           'precision': val.get('precision', 'fp32'), **res}
-                (out_dir / 'metrics.json').write_text(json.dumps(record, indent=2))
+                (out_dir / 'metrics.json').write_text(json.dumps(record, indent=2))  # first: nothing after loses it
                 if sub_dir is not None:
                     with zipfile.ZipFile(out_dir / 'submission.zip', 'w') as zf:
-                        for f in sorted(sub_dir.glob('*.png')):
-                            zf.write(f, f.name)
+                        for f in sorted(sub_dir.rglob('*.png')):
+                            zf.write(f, f.relative_to(sub_dir).as_posix())
                 text = ', '.join(f'{k}: {v:.4f}' for k, v in res['mean'].items() if k != 'num_samples')
                 logger.info('%s: %s (%d samples) -> %s', ds_opt['name'], text, res['mean']['num_samples'], out_dir)
         return results

@@ -10,7 +10,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -19,11 +19,11 @@ from codes.data import build_dataset
 from codes.data.loader import ShardSampler, TrainSampler, build_dataloader
 from codes.models import build_model
 from codes.utils import dist as du
-from codes.utils.checkpoint import find_resume_state, load_file
+from codes.utils.checkpoint import STATE_KEYS, CheckpointError, extract_state_dict, find_resume_state, load_file
 from codes.utils.logger import append_jsonl, format_options, setup_logging
 from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options
 
-__all__ = ['train_pipeline', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
+__all__ = ['train_pipeline', 'set_random_seed', 'validate', 'limit_count', 'check_run_options', 'ValidationCallback']
 
 #: ``callback(current_iter, results)`` with ``results`` = {val set name: mean metrics}; a true return value stops
 #: the training after this validation (no final checkpoint or validation follows).
@@ -39,11 +39,20 @@ def set_random_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_experiment(opt: dict, resuming: bool) -> None:
-    """Create the experiment folders; refuse to start afresh over a run that holds checkpoints."""
+def _prepare_experiment(opt: dict, resuming: bool, auto_resume: bool = False, skipped: list | None = None) -> None:
+    """Create the experiment folders; refuse to start afresh over a run that holds checkpoints.
+
+    ``skipped`` lists the (state file, reason) pairs that ``--auto_resume`` could not use.
+    """
     path = opt['path']
     states = Path(path['training_states'])
     if not resuming and states.is_dir() and any(states.glob('*.state')):
+        if auto_resume:
+            count = len(list(states.glob('*.state')))
+            why = f' (newest: {skipped[0][0].name}: {skipped[0][1]})' if skipped else ''
+            raise CheckpointError(f'--auto_resume: none of the {count} training state(s) in {states} can be resumed'
+                                  f'{why}; nothing was overwritten. Move them away to start afresh, or choose '
+                                  'another name')
         raise OptionError('name', f"experiment folder {path['experiments_root']} already holds training states. "
                           'Continue it with --auto_resume, or choose another name; nothing was overwritten.',
                           opt.get('opt_file'))
@@ -67,17 +76,42 @@ def limit_count(total: int, limit: int | float | None, where: str, file: str | N
     return min(total, limit)
 
 
-def _resume_state(opt: dict, auto_resume: bool) -> tuple[dict, Path] | None:
+def _resume_state(opt: dict, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path] | None:
     explicit = opt['path'].get('resume_state')
     if explicit:
         state = load_file(explicit)
+        missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
+        if missing:
+            try:
+                extract_state_dict(state, source=str(explicit))
+                hint = '; it holds network weights: give it as path.pretrain_network_g to start from them'
+            except CheckpointError:
+                hint = ''
+            raise CheckpointError(f'{explicit} (path.resume_state): not a training state (no {", ".join(missing)}); '
+                                  f'training states are the <iter>.state files under training_states/{hint}')
         weights = Path(opt['path']['models']) / f"net_g_{state['iter']}.pth"
+        if not weights.is_file():
+            raise CheckpointError(f'{explicit} (path.resume_state): the weights of iteration {state["iter"]}, '
+                                  f'{weights}, are missing')
         return state, weights
     if auto_resume:
-        found = find_resume_state(opt['path']['training_states'], opt['path']['models'])
+        found = find_resume_state(opt['path']['training_states'], opt['path']['models'], skipped)
         if found is not None:
             return found[0], found[2]
     return None
+
+
+def check_run_options(opt: dict) -> None:
+    """Values the schema types but does not bound: a run of no iteration, a batch of no sample."""
+    file = opt.get('opt_file')
+    total = opt['train']['total_iter']
+    if total < 1:
+        raise OptionError('train.total_iter', f'must be at least 1, got {total} (a run of no iteration does '
+                          'nothing)', file)
+    for phase, ds_opt in opt.get('datasets', {}).items():
+        for key, low in (('batch_size_per_gpu', 1), ('num_worker_per_gpu', 0)):
+            if key in ds_opt and ds_opt[key] < low:
+                raise OptionError(f'datasets.{phase}.{key}', f'must be at least {low}, got {ds_opt[key]}', file)
 
 
 def _val_loaders(opt: dict, rank: int, world: int) -> dict[str, Any]:
@@ -153,6 +187,7 @@ def train_pipeline(root_path: str | Path, argv: list[str] | None = None,
     called on every rank with the same results and must return the same answer on each.
     """
     opt, args = parse_options(root_path, is_train=True, argv=argv)
+    check_run_options(opt)
     dist_params = opt.get('dist_params', {})
     du.init_dist_from_env(dist_params.get('backend'), dist_params.get('timeout_minutes', 30.0))
     rank, world = du.get_dist_info()
@@ -168,9 +203,10 @@ def _train(opt: dict, args: Any, rank: int, world: int, on_validation: Validatio
         exp_root.mkdir(parents=True, exist_ok=True)
     du.barrier()
     setup_logging(exp_root / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log", rank)
-    resume = _resume_state(opt, args.auto_resume)
+    skipped: list = []
+    resume = _resume_state(opt, args.auto_resume, skipped)
     if rank == 0:
-        _prepare_experiment(opt, resume is not None)
+        _prepare_experiment(opt, resume is not None, args.auto_resume, skipped)
     du.barrier()
     if rank == 0:
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))

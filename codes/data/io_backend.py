@@ -305,6 +305,8 @@ class DiskBackend:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
+            if self.root.exists():
+                raise NotADirectoryError(f'data folder {self.root} is a file, not a folder')
             raise FileNotFoundError(f'data folder not found: {self.root}')
         self.path = str(self.root)
         self._index: dict[str, str] | None = None

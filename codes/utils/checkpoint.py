@@ -23,7 +23,7 @@ import torch.nn as nn
 from codes.utils.errors import UserError
 
 __all__ = ['atomic_save', 'load_file', 'extract_state_dict', 'load_network', 'get_rng_states', 'set_rng_states',
-           'find_resume_state', 'CheckpointError', 'SaveError',
+           'find_resume_state', 'STATE_KEYS', 'CheckpointError', 'SaveError',
            'MissingCheckpointError']
 
 logger = logging.getLogger(__name__)
@@ -188,12 +188,13 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
 STATE_KEYS = ('iter', 'epoch', 'optimizers', 'schedulers', 'rng')
 
 
-def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLike
-                      ) -> tuple[dict, Path, Path] | None:
+def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLike,
+                      skipped: list | None = None) -> tuple[dict, Path, Path] | None:
     """The newest complete training state: ``(state, state_path, weights_path)``, or None.
 
     Files that fail to load (a truncated write, a foreign file) or whose weights file is missing or unreadable
-    are skipped with a warning, and the next older state is tried.
+    are skipped with a warning (and appended to ``skipped`` as ``(state_path, reason)``), and the next older
+    state is tried.
     """
     states_dir, models_dir = Path(states_dir), Path(models_dir)
     if not states_dir.is_dir():
@@ -207,12 +208,14 @@ def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLi
         weights = models_dir / f'net_g_{it}.pth'
         try:
             state = load_file(p)
-            missing = [k for k in STATE_KEYS if k not in state]
+            missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
             if missing or state['iter'] != it:
                 raise CheckpointError(f'{p}: incomplete training state (missing {missing})')
             load_file(weights)
         except (CheckpointError, FileNotFoundError) as exc:
             logger.warning('Skipping training state %s: %s', p, exc)
+            if skipped is not None:
+                skipped.append((p, str(exc)))
             continue
         return state, p, weights
     return None
