@@ -1,9 +1,10 @@
 """Evaluation pipeline: load a checkpoint, score every dataset of the option file, write metrics and images.
 
 For each dataset block ``datasets.<phase>`` it writes, under ``results/<name>/<dataset>/``:
-``metrics.json`` (per-image and mean values, written before anything else of the set), ``visualization/*.png`` (the model's images, with ``val.save_img``:
-sRGB prediction | ground truth for burst SR, SR image and ``_ker.png`` kernel for blind SR) and, for models that
-write them, ``submission/*.png`` plus ``submission.zip`` (14-bit challenge format, with ``val.save_submission``).
+``metrics.json`` (per-image and mean values, written before anything else of the set), ``visualization/*.png``
+(the model's images, with ``val.save_img``: sRGB prediction | ground truth for burst SR, SR image and ``_ker.png``
+kernel for blind SR) and, for models that write them, ``submission/*.png`` plus ``submission.zip`` (14-bit
+challenge format, with ``val.save_submission``).
 A sample key with folders (``train/canon/0.jpg_000000``) gives files in the same sub-folders. Training sets
 (``datasets.train*``) are not evaluated. Runs on one process or sharded under torchrun.
 """

@@ -132,13 +132,15 @@ def test_resume_and_option_mistakes_have_precise_messages(tmp_path, sample_data)
     torch.save({'params': build_network(TINY_NET).state_dict()}, weights)
     with pytest.raises(CheckpointError, match=r'net_g_9.pth \(path.resume_state\): not a training state \(no iter, '
                        r'.*give it as path.pretrain_network_g'):
-        train_pipeline(ROOT, ['-opt', str(path), '--force_yml', f'path.resume_state={weights}', f'path.experiments_root={tmp_path / "other"}'])
+        train_pipeline(ROOT, ['-opt', str(path), '--force_yml', f'path.resume_state={weights}',
+                              f'path.experiments_root={tmp_path / "other"}'])
 
     for override, key in (('datasets.train.batch_size_per_gpu=-4', 'datasets.train.batch_size_per_gpu'),
                           ('train.total_iter=0', 'train.total_iter'),
                           ('datasets.train.num_worker_per_gpu=-1', 'datasets.train.num_worker_per_gpu')):
         with pytest.raises(OptionError, match=rf"broken.yml: option '{key}': must be at least"):
-            train_pipeline(ROOT, ['-opt', str(path), '--force_yml', override, f'path.experiments_root={tmp_path / "fresh"}'])
+            train_pipeline(ROOT, ['-opt', str(path), '--force_yml', override,
+                                  f'path.experiments_root={tmp_path / "fresh"}'])
 
     a_file = tmp_path / 'notes.txt'
     a_file.write_text('not data')
