@@ -328,8 +328,10 @@ def _render_band(render: Any, band: torch.Tensor, norm: float | None) -> np.ndar
     return render_srgb(band, render, norm)
 
 
-def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -> list[dict]:
-    """BSRT on every burst under ``opt['input']``; returns one record per burst."""
+def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
+               records: list[dict] | None = None) -> list[dict]:
+    """BSRT on every burst under ``opt['input']``; returns one record per burst (appended to ``records`` as each
+    burst is done, so a caller keeps them when a later input fails)."""
     kind = opt['input_kind']
     if kind == 'image':
         raise OptionError('input_kind', "'image' is for DCLS; a BSRT takes bursts (png, raw or burstsr)")
@@ -337,7 +339,7 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
         jobs = find_bursts(opt['input'], kind)
     multiple = math.lcm(net.window_size, 2)
     call = _network_call(net, device, opt['precision'])
-    records = []
+    records = [] if records is None else records
     suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
     with logging_redirect_tqdm([logging.getLogger('codes')]), \
             tqdm(jobs, desc='bursts', unit='burst', disable=None) as files_bar, \
@@ -423,8 +425,10 @@ def save_kernel(kernel: torch.Tensor, stem: Path) -> tuple[Path, Path]:
     return npy, png
 
 
-def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -> list[dict]:
-    """DCLS on every image under ``opt['input']``: kernel estimated (or given), then the Restorer, tiled."""
+def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
+               records: list[dict] | None = None) -> list[dict]:
+    """DCLS on every image under ``opt['input']``: kernel estimated (or given), then the Restorer, tiled; records
+    as :func:`run_bursts`."""
     from codes.archs.dcls_arch import MIN_LR_SIZE
     from codes.data.burst_inputs import find_images, read_rgb_image
     if opt['input_kind'] not in ('auto', 'image'):
@@ -439,7 +443,7 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
                     tile, 2 * net.kernel_size)
         tile = 2 * net.kernel_size
     suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
-    records = []
+    records = [] if records is None else records
 
     with logging_redirect_tqdm([logging.getLogger('codes')]), \
             tqdm(files, desc='images', unit='image', disable=None) as files_bar, \
@@ -481,7 +485,7 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
     return records
 
 
-RUNNERS: dict[str, Callable[[nn.Module, dict, torch.device, Path], list[dict]]] = {
+RUNNERS: dict[str, Callable[..., list[dict]]] = {
     'BSRT': run_bursts, 'DCLS': run_images}
 
 
@@ -500,10 +504,15 @@ def infer_pipeline(argv: list[str] | None = None) -> list[dict]:
                           opt['opt_file'])
     logger.info('Network %s from %s [%s] on %s, %s: %s', net_opt['type'], opt['weights'], param_key, device,
                 opt['precision'], net_opt)
-    records = runner(net, opt, device, out_dir)
-    summary = {'weights': str(opt['weights']), 'param_key': param_key, 'network_g': net_opt, 'device': str(device),
-               'precision': opt['precision'], 'tile': opt['tile'], 'tile_overlap': opt['tile_overlap'],
-               'outputs': records}
-    (out_dir / 'infer_summary.json').write_text(json.dumps(summary, indent=2))
+    records: list[dict] = []
+    complete = False
+    try:
+        runner(net, opt, device, out_dir, records)
+        complete = True
+    finally:  # also when an input fails: the summary lists the outputs already written
+        summary = {'weights': str(opt['weights']), 'param_key': param_key, 'network_g': net_opt,
+                   'device': str(device), 'precision': opt['precision'], 'tile': opt['tile'],
+                   'tile_overlap': opt['tile_overlap'], 'complete': complete, 'outputs': records}
+        (out_dir / 'infer_summary.json').write_text(json.dumps(summary, indent=2))
     logger.info('%d input(s) done -> %s', len(records), out_dir)
     return records

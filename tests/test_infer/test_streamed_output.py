@@ -1,5 +1,7 @@
 """Streamed tiled inference: bands equal the whole-output reference, streamed files equal OpenCV's, the sRGB of a
 render that divides by the image maximum is unchanged, and an output that cannot fit is refused before any work."""
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -94,3 +96,5 @@ def test_fit_check_refuses_an_output_that_cannot_fit(tmp_path, monkeypatch):
         infer_pipeline(['--weights', str(tmp_path / 'dcls.pth'), '--input', str(tmp_path / 'in.png'), '--output',
                         str(tmp_path / 'out'), '--device', 'cpu'])
     assert not list((tmp_path / 'out').glob('*.png')) and not list((tmp_path / 'out').glob('*.npy'))
+    summary = json.loads((tmp_path / 'out' / 'infer_summary.json').read_text())
+    assert summary['complete'] is False and summary['outputs'] == []
