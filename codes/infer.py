@@ -25,9 +25,10 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -38,17 +39,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from codes.archs import build_network
 from codes.archs.arch_detect import FAMILIES, detect_family, network_options_from_state_dict
-from codes.data.burst_inputs import find_bursts, read_burst, render_srgb, select_frames
+from codes.data.burst_inputs import find_bursts, read_burst, render_srgb, select_frames, srgb_norm_factor
 from codes.utils.build import OptionError
 from codes.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_network
 from codes.utils.logger import format_options, setup_logging
 from codes.utils.build import OptionErrors
+from codes.utils.image_writers import row_writer
 from codes.utils.options import (PRECISIONS, TYPED_ARCH, Key, add_common_flags, apply_overrides, fill_defaults,
                                  print_options, read_options, validate_block)
-from codes.utils.tiling import tiled_forward
+from codes.utils.tiling import check_memory, tiled_forward_rows, tiled_memory_bytes
 
 __all__ = ['infer_pipeline', 'INFER_SCHEMA', 'build_infer_arg_parser', 'load_inference_network', 'save_linear',
-           'resolve_device']
+           'linear_to_uint16', 'stream_outputs', 'check_image_input', 'resolve_device']
 
 logger = logging.getLogger('codes.infer')
 
@@ -200,13 +202,67 @@ def load_inference_network(weights: str | Path, opt: dict, device: torch.device)
 
 
 # ------------------------------------------------------------------------------------------------- outputs
+def linear_to_uint16(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) image in [0, 1] -> (H, W, 3) uint16 RGB: clamp to [0, 1], × 65535, rounded."""
+    array = (image.detach().float().cpu().clamp(0, 1) * 65535).round().to(torch.int32).permute(1, 2, 0).numpy()
+    return array.astype(np.uint16)
+
+
 def save_linear(image: torch.Tensor, path: Path) -> None:
     """(3, H, W) image in [0, 1] (linear RGB for BSRT) -> 16-bit PNG or TIFF (by suffix): clamp to [0, 1], × 65535,
     rounded, channels in RGB order on disk."""
-    array = (image.detach().float().cpu().clamp(0, 1) * 65535).round().to(torch.int32).permute(1, 2, 0).numpy()
-    array = np.ascontiguousarray(array.astype(np.uint16)[..., ::-1])  # OpenCV writes BGR order as RGB on disk
+    array = np.ascontiguousarray(linear_to_uint16(image)[..., ::-1])  # OpenCV writes BGR order as RGB on disk
     if not cv2.imwrite(str(path), array):
         raise OSError(f'could not write {path}')
+
+
+#: What to change when an output does not fit (the accumulators hold one row of tiles across the whole width).
+MEMORY_HINT = 'use --tile (or a smaller one), or free memory'
+
+
+def stream_outputs(rows: Iterator[tuple[int, torch.Tensor]], size: tuple[int, int], srgb_path: Path,
+                   linear_path: Path | None, to_srgb: Callable[[torch.Tensor, float | None], np.ndarray],
+                   norm_of: Callable[[torch.Tensor], float] | None = None) -> None:
+    """Write the bands of ``rows`` (``tiled_forward_rows``) as they come: the 8-bit sRGB PNG ``to_srgb(band,
+    norm)`` and the 16-bit linear file (:func:`linear_to_uint16`), each under a temporary name until complete.
+
+    With ``norm_of`` (a per-band maximum, for a render that divides by the image's maximum), the sRGB image needs
+    every band first: the bands go to an unnamed temporary float32 file beside the output (disk, not memory) and
+    are rendered in a second pass with the maximum of them all.
+    """
+    import tempfile
+    out_h, out_w = size
+    srgb = row_writer(srgb_path, out_w, out_h, 3, np.uint8)
+    linear = row_writer(linear_path, out_w, out_h, 3, np.uint16) if linear_path is not None else None
+    spill = tempfile.TemporaryFile(dir=srgb_path.parent) if norm_of is not None else None
+    try:
+        norm, spans = None, []
+        for _, band in rows:
+            if linear is not None:
+                linear.write(linear_to_uint16(band))
+            if spill is None:
+                srgb.write(to_srgb(band, None))
+            else:
+                m = norm_of(band)
+                norm = m if norm is None else max(norm, m)
+                spill.write(band.contiguous().numpy().tobytes())
+                spans.append(band.shape[1])
+        if spill is not None:
+            spill.seek(0)
+            for n in spans:
+                buf = bytearray(spill.read(3 * n * out_w * 4))
+                srgb.write(to_srgb(torch.frombuffer(buf, dtype=torch.float32).reshape(3, n, out_w), norm))
+        if linear is not None:
+            linear.close()
+        srgb.close()
+    except BaseException:
+        srgb.abort()
+        if linear is not None:
+            linear.abort()
+        raise
+    finally:
+        if spill is not None:
+            spill.close()
 
 
 def save_srgb(array: np.ndarray, path: Path) -> None:
@@ -228,38 +284,83 @@ def _network_call(net: nn.Module, device: torch.device, precision: str) -> Calla
 
 
 # ------------------------------------------------------------------------------------------------- runners
-def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -> list[dict]:
-    """BSRT on every burst under ``opt['input']``; returns one record per burst."""
+@contextmanager
+def _input_errors(opt: dict, model: str) -> Iterator[None]:
+    """Errors reading the input (missing, unreadable, of another kind) as one-line errors naming ``input``."""
+    try:
+        yield
+    except OptionError:
+        raise
+    except (FileNotFoundError, NotADirectoryError, ValueError, ImportError) as exc:
+        raise OptionError('input', f'{exc} ({model} weights {opt["weights"]})', opt.get('opt_file')) from None
+    except OSError as exc:  # cannot decode image
+        raise OptionError('input', str(exc), opt.get('opt_file')) from None
+
+
+def _packed_raw_frame(path: Path) -> bool:
+    """Whether ``path`` is a challenge-format RAW frame (4-channel uint16 PNG of packed RGGB), not a photograph."""
+    if path.suffix.lower() != '.png':
+        return False
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return image is not None and image.dtype == np.uint16 and image.ndim == 3 and image.shape[2] == 4
+
+
+def check_image_input(path: str | Path, files: list[Path]) -> None:
+    """Refuse a RAW burst given to an image model (DCLS): RAW files, BurstSR samsung_XX folders or packed RAW
+    frames. Raises OptionError naming ``input``."""
+    from codes.data.burst_inputs import RAW_EXTENSIONS, burst_kind
+    path = Path(path)
+    kind = burst_kind(path) if path.is_dir() else ('raw' if path.suffix.lower() in RAW_EXTENSIONS else None)
+    raw = kind in ('raw', 'burstsr') or any(_packed_raw_frame(f) for f in files[:1])
+    if raw:
+        raise OptionError('input', f'{path} is a RAW burst (packed RGGB frames), but the weights are for DCLS, '
+                          'which super-resolves RGB images; run a BSRT checkpoint on bursts, or give DCLS '
+                          'photographs (PNG/JPEG/TIFF)')
+
+
+def _render_band(render: Any, band: torch.Tensor, norm: float | None) -> np.ndarray:
+    return render_srgb(band, render, norm)
+
+
+def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
+               records: list[dict] | None = None) -> list[dict]:
+    """BSRT on every burst under ``opt['input']``; returns one record per burst (appended to ``records`` as each
+    burst is done, so a caller keeps them when a later input fails)."""
     kind = opt['input_kind']
     if kind == 'image':
         raise OptionError('input_kind', "'image' is for DCLS; a BSRT takes bursts (png, raw or burstsr)")
-    jobs = find_bursts(opt['input'], kind)
+    with _input_errors(opt, 'BSRT'):
+        jobs = find_bursts(opt['input'], kind)
     multiple = math.lcm(net.window_size, 2)
     call = _network_call(net, device, opt['precision'])
-    records = []
+    records = [] if records is None else records
     suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
     with logging_redirect_tqdm([logging.getLogger('codes')]), \
             tqdm(jobs, desc='bursts', unit='burst', disable=None) as files_bar, \
             tqdm(desc='tiles', unit='tile', leave=False, disable=None) as tiles_bar:
         for kind_i, path in files_bar:
-            burst = read_burst(kind_i, path)
+            with _input_errors(opt, 'BSRT'):
+                burst = read_burst(kind_i, path)
             idx, message = select_frames(burst.frames.shape[0], net.burst_size)
             if message:
                 logger.warning('%s: %s', path, message)
             x = burst.frames[idx][None]  # (1, N, 4, h, w)
-            start = time.time()
+            h, w = x.shape[-2:]
             # packed h, w: multiples of the window (and even); > 16 for SpyNet's coarsest level
-            out = tiled_forward(call, x, 8, opt['tile'], opt['tile_overlap'], multiple=multiple, min_size=17,
-                                progress=tiles_bar)[0]
-            record = {'input': str(path), 'kind': kind_i, 'frames': len(burst.files), 'frames_used': idx,
-                      'frame_rule': message, 'input_size': list(x.shape[-2:]), 'output_size': list(out.shape[-2:]),
-                      'seconds': round(time.time() - start, 3), 'render': burst.render.source}
+            check_memory(tiled_memory_bytes((h, w), 3, 8, opt['tile'], opt['tile_overlap'], multiple, 17),
+                         f'{path}: its {8 * w}x{8 * h} output', hint=MEMORY_HINT)
             srgb_path = out_dir / f'{burst.name}_srgb.png'
-            save_srgb(render_srgb(out, burst.render), srgb_path)
-            record['srgb'] = str(srgb_path)
-            if opt['save_linear']:
-                lin_path = out_dir / f'{burst.name}_linear{suffix}'
-                save_linear(out, lin_path)
+            lin_path = out_dir / f'{burst.name}_linear{suffix}' if opt['save_linear'] else None
+            start = time.time()
+            rows = tiled_forward_rows(call, x, 8, opt['tile'], opt['tile_overlap'], multiple=multiple, min_size=17,
+                                      progress=tiles_bar)
+            render = burst.render
+            stream_outputs(rows, (8 * h, 8 * w), srgb_path, lin_path, partial(_render_band, render),
+                           partial(srgb_norm_factor, render=render) if render.normalize_max else None)
+            record = {'input': str(path), 'kind': kind_i, 'frames': len(burst.files), 'frames_used': idx,
+                      'frame_rule': message, 'input_size': [h, w], 'output_size': [8 * h, 8 * w],
+                      'seconds': round(time.time() - start, 3), 'render': burst.render.source, 'srgb': str(srgb_path)}
+            if lin_path is not None:
                 record['linear'] = str(lin_path)
             logger.info('%s (%s, %d frames, %dx%d packed) -> %s', path, kind_i, len(burst.files), *x.shape[-2:],
                         srgb_path)
@@ -318,13 +419,17 @@ def save_kernel(kernel: torch.Tensor, stem: Path) -> tuple[Path, Path]:
     return npy, png
 
 
-def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -> list[dict]:
-    """DCLS on every image under ``opt['input']``: kernel estimated (or given), then the Restorer, tiled."""
+def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
+               records: list[dict] | None = None) -> list[dict]:
+    """DCLS on every image under ``opt['input']``: kernel estimated (or given), then the Restorer, tiled; records
+    as :func:`run_bursts`."""
     from codes.archs.dcls_arch import MIN_LR_SIZE
     from codes.data.burst_inputs import find_images, read_rgb_image
     if opt['input_kind'] not in ('auto', 'image'):
         raise OptionError('input_kind', f"DCLS takes images; got input_kind {opt['input_kind']!r}")
-    files = find_images(opt['input'])
+    with _input_errors(opt, 'DCLS'):
+        files = find_images(opt['input'])
+    check_image_input(opt['input'], files)
     given = _load_kernel(opt['kernel'], net.kernel_size) if opt.get('kernel') else None
     tile = opt['tile']
     if tile and tile < 2 * net.kernel_size:
@@ -332,13 +437,18 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
                     tile, 2 * net.kernel_size)
         tile = 2 * net.kernel_size
     suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
-    records = []
+    records = [] if records is None else records
 
     with logging_redirect_tqdm([logging.getLogger('codes')]), \
             tqdm(files, desc='images', unit='image', disable=None) as files_bar, \
             tqdm(desc='tiles', unit='tile', leave=False, disable=None) as tiles_bar:
         for path in files_bar:
-            lr = read_rgb_image(path)[None]  # (1, 3, h, w)
+            with _input_errors(opt, 'DCLS'):
+                lr = read_rgb_image(path)[None]  # (1, 3, h, w)
+            h, w = lr.shape[-2:]
+            s = net.scale
+            check_memory(tiled_memory_bytes((h, w), 3, s, tile, opt['tile_overlap'], 1, MIN_LR_SIZE),
+                         f'{path}: its {s * w}x{s * h} output', hint=MEMORY_HINT)
             start = time.time()
             kernel = given if given is not None else estimate_kernel(net, lr, tile, opt['tile_overlap'], device,
                                                                      opt['precision'], tiles_bar)
@@ -348,18 +458,19 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
                 with torch.no_grad(), _autocast(device, opt['precision']):
                     return net.Restorer(x.to(device), k_dev).float()
 
-            sr = tiled_forward(restore, lr, net.scale, tile, opt['tile_overlap'], multiple=1, min_size=MIN_LR_SIZE,
-                               progress=tiles_bar)[0].clamp(0, 1)
+            def to_srgb(band: torch.Tensor, _: Any) -> np.ndarray:
+                return (band.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
             stem = out_dir / path.stem
-            srgb = (sr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            save_srgb(srgb, stem.with_name(f'{path.stem}_sr.png'))
-            record = {'input': str(path), 'kind': 'image', 'input_size': list(lr.shape[-2:]),
-                      'output_size': list(sr.shape[-2:]), 'seconds': round(time.time() - start, 3),
-                      'srgb': str(stem.with_name(f'{path.stem}_sr.png')),
+            srgb_path = stem.with_name(f'{path.stem}_sr.png')
+            p16 = stem.with_name(f'{path.stem}_sr16{suffix}') if opt['save_linear'] else None
+            rows = tiled_forward_rows(restore, lr, s, tile, opt['tile_overlap'], multiple=1, min_size=MIN_LR_SIZE,
+                                      progress=tiles_bar)
+            stream_outputs(rows, (s * h, s * w), srgb_path, p16, to_srgb)
+            record = {'input': str(path), 'kind': 'image', 'input_size': [h, w], 'output_size': [s * h, s * w],
+                      'seconds': round(time.time() - start, 3), 'srgb': str(srgb_path),
                       'kernel': 'given' if given is not None else 'estimated'}
-            if opt['save_linear']:
-                p16 = stem.with_name(f'{path.stem}_sr16{suffix}')
-                save_linear(sr, p16)
+            if p16 is not None:
                 record['sr16'] = str(p16)
             npy, png = save_kernel(kernel, stem)
             record.update(kernel_npy=str(npy), kernel_png=str(png))
@@ -368,7 +479,7 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
     return records
 
 
-RUNNERS: dict[str, Callable[[nn.Module, dict, torch.device, Path], list[dict]]] = {
+RUNNERS: dict[str, Callable[..., list[dict]]] = {
     'BSRT': run_bursts, 'DCLS': run_images}
 
 
@@ -412,10 +523,15 @@ def infer_pipeline(argv: list[str] | None = None) -> list[dict]:
                           opt['opt_file'])
     logger.info('Network %s from %s [%s] on %s, %s: %s', net_opt['type'], opt['weights'], param_key, device,
                 opt['precision'], net_opt)
-    records = runner(net, opt, device, out_dir)
-    summary = {'weights': str(opt['weights']), 'param_key': param_key, 'network_g': net_opt, 'device': str(device),
-               'precision': opt['precision'], 'tile': opt['tile'], 'tile_overlap': opt['tile_overlap'],
-               'outputs': records}
-    (out_dir / 'infer_summary.json').write_text(json.dumps(summary, indent=2))
+    records: list[dict] = []
+    complete = False
+    try:
+        runner(net, opt, device, out_dir, records)
+        complete = True
+    finally:  # also when an input fails: the summary lists the outputs already written
+        summary = {'weights': str(opt['weights']), 'param_key': param_key, 'network_g': net_opt,
+                   'device': str(device), 'precision': opt['precision'], 'tile': opt['tile'],
+                   'tile_overlap': opt['tile_overlap'], 'complete': complete, 'outputs': records}
+        (out_dir / 'infer_summary.json').write_text(json.dumps(summary, indent=2))
     logger.info('%d input(s) done -> %s', len(records), out_dir)
     return records

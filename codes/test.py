@@ -1,12 +1,14 @@
 """Evaluation pipeline: load a checkpoint, score every dataset of the option file, write metrics and images.
 
 For each dataset block ``datasets.<phase>`` it writes, under ``results/<name>/<dataset>/``:
-``metrics.json`` (per-image and mean values), ``visualization/*.png`` (the model's images, with ``val.save_img``:
-sRGB prediction | ground truth for burst SR, SR image and ``_ker.png`` kernel for blind SR) and, for models that
-write them, ``submission/*.png`` plus ``submission.zip`` (14-bit challenge format, with ``val.save_submission``).
-Runs on one process or sharded under torchrun, with a progress bar on rank 0 (``val.pbar``; default: when stderr
-is a terminal). ``--print-options`` prints the resolved options and exits; ``--dry-run`` loads the weights and
-scores the first sample of every dataset, writing nothing.
+``metrics.json`` (per-image and mean values, written before anything else of the set), ``visualization/*.png``
+(the model's images, with ``val.save_img``: sRGB prediction | ground truth for burst SR, SR image and ``_ker.png``
+kernel for blind SR) and, for models that write them, ``submission/*.png`` plus ``submission.zip`` (14-bit
+challenge format, with ``val.save_submission``).
+A sample key with folders (``train/canon/0.jpg_000000``) gives files in the same sub-folders. Training sets
+(``datasets.train*``) are not evaluated. Runs on one process or sharded under torchrun, with a progress bar on
+rank 0 (``val.pbar``; default: when stderr is a terminal). ``--print-options`` prints the resolved options and
+exits; ``--dry-run`` loads the weights and scores the first sample of every dataset, writing nothing.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from codes.models import build_model
 from codes.scripts.sample_data import prepare_from_options
 from codes.utils import dist as du
 from codes.utils.logger import format_options, setup_logging
-from codes.utils.options import parse_options, print_options
+from codes.utils.options import OptionError, parse_options, print_options
 
 __all__ = ['test_pipeline']
 
@@ -38,6 +40,10 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
     if args.print_options:
         print_options(opt)
         return {}
+    phases = [(p, d) for p, d in sorted(opt['datasets'].items()) if not p.startswith('train')]
+    if not phases:
+        raise OptionError('datasets', 'test.py scores the validation and test sets (datasets.val*, datasets.test*); '
+                          'this file lists only a training set', opt['opt_file'])
     du.init_dist_from_options(opt['dist_params'])
     rank, world = du.get_dist_info()
     results_root = Path(opt['path']['results_root'])
@@ -49,12 +55,15 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
         log_file = None if dry else results_root / f"test_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"
         setup_logging(log_file, rank)
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
+        for phase in sorted(set(opt['datasets']) - {p for p, _ in phases}):
+            logger.info('datasets.%s: not evaluated (a training set is randomly cropped and augmented; test.py '
+                        'scores the val*/test* sets)', phase)
         model = build_model(opt)
         val = opt['val']
         save_submission = model.writes_submission if val['save_submission'] is None else val['save_submission']
         pbar = sys.stderr.isatty() if val['pbar'] is None else val['pbar']
         results = {}
-        for phase, ds_opt in sorted(opt['datasets'].items()):
+        for phase, ds_opt in phases:
             dataset = build_dataset(ds_opt, f'datasets.{phase}')
             n = min(1, len(dataset)) if dry else len(dataset)
             loader = build_dataloader(dataset, ds_opt, ShardSampler(n, world, rank), opt['manual_seed'],
@@ -62,9 +71,11 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
             out_dir = results_root / ds_opt['name']
             sub_dir = out_dir / 'submission' if save_submission and not dry else None
             img_dir = out_dir / 'visualization' if val['save_img'] and not dry else None
-            for d in (sub_dir, img_dir):
-                if d is not None:
-                    d.mkdir(parents=True, exist_ok=True)
+            if rank == 0 and not dry:
+                for d in (out_dir, sub_dir, img_dir):
+                    if d is not None:
+                        d.mkdir(parents=True, exist_ok=True)
+            du.barrier()
             bar = None
             if rank == 0 and pbar:
                 from tqdm import tqdm
@@ -84,11 +95,11 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
             if rank == 0:
                 record = {'dataset': ds_opt['name'], 'checkpoint': opt['path']['pretrain_network_g'],
                           'precision': val['precision'], **res}
-                (out_dir / 'metrics.json').write_text(json.dumps(record, indent=2))
+                (out_dir / 'metrics.json').write_text(json.dumps(record, indent=2))  # first: nothing after loses it
                 if sub_dir is not None:
                     with zipfile.ZipFile(out_dir / 'submission.zip', 'w') as zf:
-                        for f in sorted(sub_dir.glob('*.png')):
-                            zf.write(f, f.name)
+                        for f in sorted(sub_dir.rglob('*.png')):
+                            zf.write(f, f.relative_to(sub_dir).as_posix())
                 text = ', '.join(f'{k}: {v:.4f}' for k, v in res['mean'].items() if k != 'num_samples')
                 logger.info('%s: %s (%d samples) -> %s', ds_opt['name'], text, res['mean']['num_samples'], out_dir)
         return results

@@ -13,7 +13,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from codes.data.loader import ShardSampler, TrainSampler, build_dataloader
 from codes.models import build_model
 from codes.scripts.sample_data import prepare_from_options
 from codes.utils import dist as du
-from codes.utils.checkpoint import find_resume_state, load_file
+from codes.utils.checkpoint import STATE_KEYS, CheckpointError, extract_state_dict, find_resume_state, load_file
 from codes.utils.logger import append_jsonl, format_options, setup_logging
 from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options, print_options
 
@@ -43,11 +43,20 @@ def set_random_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_experiment(opt: dict, resuming: bool) -> None:
-    """Create the experiment folders; refuse to start afresh over a run that holds checkpoints."""
+def _prepare_experiment(opt: dict, resuming: bool, auto_resume: bool = False, skipped: list | None = None) -> None:
+    """Create the experiment folders; refuse to start afresh over a run that holds checkpoints.
+
+    ``skipped`` lists the (state file, reason) pairs that ``--auto_resume`` could not use.
+    """
     path = opt['path']
     states = Path(path['training_states'])
     if not resuming and states.is_dir() and any(states.glob('*.state')):
+        if auto_resume:
+            count = len(list(states.glob('*.state')))
+            why = f' (newest: {skipped[0][0].name}: {skipped[0][1]})' if skipped else ''
+            raise CheckpointError(f'--auto_resume: none of the {count} training state(s) in {states} can be resumed'
+                                  f'{why}; nothing was overwritten. Move them away to start afresh, or choose '
+                                  'another name')
         raise OptionError('name', f"experiment folder {path['experiments_root']} already holds training states. "
                           'Continue it with --auto_resume, or choose another name; nothing was overwritten.',
                           opt.get('opt_file'))
@@ -71,14 +80,26 @@ def limit_count(total: int, limit: int | float | None, where: str, file: str | N
     return min(total, limit)
 
 
-def _resume_state(opt: dict, auto_resume: bool) -> tuple[dict, Path] | None:
+def _resume_state(opt: dict, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path] | None:
     explicit = opt['path']['resume_state']
     if explicit:
         state = load_file(explicit)
+        missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
+        if missing:
+            try:
+                extract_state_dict(state, source=str(explicit))
+                hint = '; it holds network weights: give it as path.pretrain_network_g to start from them'
+            except CheckpointError:
+                hint = ''
+            raise CheckpointError(f'{explicit} (path.resume_state): not a training state (no {", ".join(missing)}); '
+                                  f'training states are the <iter>.state files under training_states/{hint}')
         weights = Path(opt['path']['models']) / f"net_g_{state['iter']}.pth"
+        if not weights.is_file():
+            raise CheckpointError(f'{explicit} (path.resume_state): the weights of iteration {state["iter"]}, '
+                                  f'{weights}, are missing')
         return state, weights
     if auto_resume:
-        found = find_resume_state(opt['path']['training_states'], opt['path']['models'])
+        found = find_resume_state(opt['path']['training_states'], opt['path']['models'], skipped)
         if found is not None:
             return found[0], found[2]
     return None
@@ -211,9 +232,10 @@ def _train(opt: dict, args: Any, rank: int, world: int, on_validation: Validatio
         exp_root.mkdir(parents=True, exist_ok=True)
     du.barrier()
     setup_logging(exp_root / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log", rank)
-    resume = _resume_state(opt, args.auto_resume)
+    skipped: list = []
+    resume = _resume_state(opt, args.auto_resume, skipped)
     if rank == 0:
-        _prepare_experiment(opt, resume is not None)
+        _prepare_experiment(opt, resume is not None, args.auto_resume, skipped)
     du.barrier()
     if rank == 0:
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -55,7 +56,8 @@ from codes.utils.options import (LIMIT, Key, OptionError, add_common_flags, appl
                                  validate_block, validate_options)
 
 __all__ = ['tune_pipeline', 'build_tune_parser', 'SearchParam', 'parse_search_space', 'apply_params',
-           'check_search_space', 'TUNE_SCHEMA', 'trials_table']
+           'check_search_space', 'TUNE_SCHEMA', 'trials_table', 'storage_url', 'fail_stale_trials', 'start_guarded',
+           'die_with_worker']
 
 logger = logging.getLogger('codes.tune')
 
@@ -270,6 +272,20 @@ def check_search_space(base: Mapping[str, Any], params: list[SearchParam], file:
 
 
 # ------------------------------------------------------------------------------------------------- database
+def storage_url(url: str) -> str:
+    """``url`` with the PostgreSQL driver made explicit: a plain ``postgresql://`` URL means psycopg2 (which
+    ``requirements.txt`` installs), not SQLAlchemy 2.1's default psycopg 3; ``postgresql+<driver>://`` is kept.
+    Anything that is not a URL is returned as it is (and reported when the study is opened)."""
+    try:
+        from sqlalchemy.engine import make_url
+        parsed = make_url(url)
+    except Exception:
+        return url
+    if parsed.drivername == 'postgresql':
+        return parsed.set(drivername='postgresql+psycopg2').render_as_string(hide_password=False)
+    return url
+
+
 def _display_url(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
@@ -442,7 +458,7 @@ def _prepare(root: Path, args: argparse.Namespace) -> _Setup:
     explicit_root = base.get('path', {}).get('experiments_root')
     experiments = Path(explicit_root).parent if explicit_root else root / 'experiments'
     study_dir = experiments / study_name
-    url = args.storage or cfg['storage'] or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    url = storage_url(args.storage or cfg['storage'] or f"sqlite:///{(study_dir / 'study.db').resolve()}")
     n_trials = args.n_trials if args.n_trials is not None else cfg['n_trials']
     if n_trials < 0:
         raise OptionError('tune.n_trials', f'must be >= 0, got {n_trials}', file)
@@ -500,7 +516,12 @@ def _open_study(s: _Setup) -> tuple[Any, Any, Any, int]:
         s.study_dir.mkdir(parents=True, exist_ok=True)
         database = make_url(s.url).database
         if database and database != ':memory:':
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                blocked = ' (a file is in the way)' if isinstance(exc, (FileExistsError, NotADirectoryError)) else ''
+                raise OptionError('tune.storage', f'cannot create the folder of the SQLite database {database} '
+                                  f'(--storage / tune.storage): {exc.strerror or exc}{blocked}', s.file) from None
         engine_kwargs: dict[str, Any] = {'connect_args': {'timeout': 300}}
     else:
         engine_kwargs = {'pool_pre_ping': True}
@@ -531,6 +552,35 @@ def _open_study(s: _Setup) -> tuple[Any, Any, Any, int]:
     return study, storage, lock_engine, interval
 
 
+def fail_stale_trials(study: Any) -> list[int]:
+    """Fail the running trials whose worker stopped recording heartbeats (killed, or its machine or database
+    connection lost), recording why in their ``fail_reason``; returns their numbers. Optuna's own
+    ``fail_stale_trials`` gives no reason."""
+    import optuna
+    from optuna.trial import TrialState
+    storage = study._storage
+    stale_ids = getattr(storage, '_get_stale_trial_ids', None)
+    if stale_ids is None:  # another storage: Optuna's function, without the reason
+        optuna.storages.fail_stale_trials(study)
+        return []
+    grace = storage.get_heartbeat_interval() if hasattr(storage, 'get_heartbeat_interval') else None
+    failed = []
+    for trial_id in stale_ids(study._study_id):
+        try:
+            trial = storage.get_trial(trial_id)
+            worker = trial.user_attrs.get('worker', 'its worker')
+            storage.set_trial_user_attr(trial_id, 'fail_reason', f'the worker {worker} stopped sending heartbeats '
+                                        f'(every {grace} s) during the trial: killed, or its machine or database '
+                                        'connection was lost; its trial process ends with it')
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial.number)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            pass
+    for number in failed:
+        logger.warning('Trial %d failed: its worker stopped sending heartbeats', number)
+    return failed
+
+
 def _next_trial(study: Any, s: _Setup, lock_engine: Any, heartbeat: bool, first: bool) -> Any | None:
     """Under the study lock: fail stale trials, enqueue ``tune.enqueue`` into a new study, and propose the next
     trial unless the study already holds ``n_trials``."""
@@ -539,7 +589,7 @@ def _next_trial(study: Any, s: _Setup, lock_engine: Any, heartbeat: bool, first:
     with _study_lock(s.url, s.study_name, lock_engine), warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
         if heartbeat:
-            optuna.storages.fail_stale_trials(study)
+            fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         if not trials and s.cfg['enqueue']:
             by_key = {p.key: p for p in s.params}
@@ -596,6 +646,54 @@ def _classify(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {exc}'
 
 
+def die_with_worker(lifeline: Any, worker_pid: int) -> None:
+    """In a trial process: be killed when the worker dies, whatever kills it (``kill -9`` included).
+
+    On Linux the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) does it when the worker is the
+    direct parent; in every case a daemon thread waits on ``lifeline``, the read end of a pipe whose only write end
+    the worker holds, which reaches end-of-file when the worker's process is gone, and then kills this process.
+    """
+    import signal
+    if sys.platform.startswith('linux') and os.getppid() == worker_pid:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover - the lifeline thread still covers it
+            pass
+        if os.getppid() != worker_pid:  # the worker died before the signal was armed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        try:
+            while True:
+                lifeline.recv_bytes()  # the worker never sends: this returns only at end-of-file
+        except (EOFError, OSError):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name='tune-lifeline', daemon=True).start()
+
+
+def run_guarded(lifeline: Any, inherited: Any, worker_pid: int, target: Any, *args: Any) -> Any:
+    """A trial process's entry: :func:`die_with_worker`, then ``target(*args)``. ``inherited`` is the worker's
+    write end of the lifeline when ``fork`` copied it into this process (closed here), else None."""
+    if inherited is not None:
+        inherited.close()
+    die_with_worker(lifeline, worker_pid)
+    return target(*args)
+
+
+def start_guarded(ctx: Any, target: Any, args: tuple, name: str) -> tuple[Any, Any]:
+    """Start ``target(*args)`` in a process of ``ctx`` that dies with this one; returns (process, lifeline write
+    end), the write end to be closed once the process has ended."""
+    reader, writer = ctx.Pipe(duplex=False)
+    inherited = writer if ctx.get_start_method() == 'fork' else None
+    proc = ctx.Process(target=run_guarded, args=(reader, inherited, os.getpid(), target, *args), name=name)
+    proc.start()
+    reader.close()
+    return proc, writer
+
+
 def _trial_child(root: str, trial_file: str, conn: Any) -> None:
     """The trial's own process: train, send every validation to the worker and stop when it says so."""
     from codes.train import train_pipeline
@@ -628,8 +726,7 @@ def _run_child(s: _Setup, trial_file: Path, reporter: '_Reporter') -> str | None
     if method == 'forkserver':  # the server imports torch and the runner once; each trial forks from it
         ctx.set_forkserver_preload(['codes.tune', 'codes.train'])
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_trial_child, args=(str(s.root), str(trial_file), child), name='tune-trial')
-    proc.start()
+    proc, lifeline = start_guarded(ctx, _trial_child, (str(s.root), str(trial_file), child), 'tune-trial')
     child.close()
     outcome = None
     try:
@@ -653,6 +750,7 @@ def _run_child(s: _Setup, trial_file: Path, reporter: '_Reporter') -> str | None
         raise
     finally:
         parent.close()
+        lifeline.close()
     if outcome is None:
         code = proc.exitcode
         how = f'signal {signal.Signals(-code).name}' if code is not None and code < 0 else f'exit code {code}'
@@ -801,10 +899,14 @@ def tune_pipeline(root_path: str | Path, argv: list[str] | None = None) -> Any:
             if trial is None:
                 break
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            trial.set_user_attr('worker', worker)  # named by the failure reason if this worker dies
             with _heartbeat(storage, trial_id, interval):
                 try:
                     state, value, attrs = _run_trial(trial, s, worker)
-                except BaseException:  # Ctrl-C, a lost database connection: record the trial as failed
+                except BaseException as exc:  # Ctrl-C, a lost database connection: record the trial as failed
+                    with contextlib.suppress(Exception):
+                        trial.set_user_attr('fail_reason', f'the worker {worker} stopped: {type(exc).__name__}'
+                                            + (f': {exc}' if str(exc) else ''))
                     with contextlib.suppress(Exception):
                         study.tell(trial, state=TrialState.FAIL)
                     raise

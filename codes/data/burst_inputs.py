@@ -26,14 +26,14 @@ import cv2
 import numpy as np
 import torch
 
-from codes.data.camera_pipeline import (apply_ccm, apply_gains, apply_smoothstep, gamma_compression, pack_raw,
-                                        process_burstsr_image_rgb)
+from codes.data.camera_pipeline import (_channels_013, apply_ccm, apply_gains, apply_smoothstep, gamma_compression,
+                                        pack_raw, process_burstsr_image_rgb)
 from codes.utils.errors import UserError
 
 __all__ = ['RAW_EXTENSIONS', 'IMAGE_EXTENSIONS', 'Render', 'Burst', 'select_frames', 'read_png_burst',
            'read_raw_frame', 'read_raw_burst', 'read_burstsr_burst', 'burst_kind', 'find_bursts', 'find_images',
-           'read_burst', 'render_srgb', 'read_rgb_image', 'SRGB_TO_XYZ', 'InputError', 'InputNotFoundError',
-           'InputReadError', 'MissingPackageError']
+           'read_burst', 'render_srgb', 'srgb_norm_factor', 'read_rgb_image', 'SRGB_TO_XYZ', 'InputError',
+           'InputNotFoundError', 'InputReadError', 'MissingPackageError']
 
 logger = logging.getLogger(__name__)
 
@@ -398,21 +398,36 @@ def read_rgb_image(path: str | os.PathLike) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- rendering
-def render_srgb(linear: torch.Tensor, render: Render) -> np.ndarray:
+def _burstsr_meta(render: Render) -> dict:
+    if render.cam2rgb is not None:
+        raise ValueError('render_srgb: normalize_max (BurstSR post-processing) applies no colour matrix')
+    return {'norm_factor': 1.0, 'black_level_subtracted': True,
+            'cam_wb': [render.red_gain * render.rgb_gain, render.rgb_gain, render.blue_gain * render.rgb_gain]}
+
+
+def srgb_norm_factor(linear: torch.Tensor, render: Render) -> float | None:
+    """The maximum that ``normalize_max`` divides by (of the white-balanced image), or None without it. The
+    maximum over bands of rows is that of the whole image, so a streamed output renders as the whole one does."""
+    if not render.normalize_max:
+        return None
+    image = linear.detach().float().cpu()
+    wb = _channels_013(_burstsr_meta(render)['cam_wb'], image, 'cam_wb')
+    return float((image * wb / wb[1]).max())
+
+
+def render_srgb(linear: torch.Tensor, render: Render, norm_factor: float | None = None) -> np.ndarray:
     """(3, H, W) linear camera RGB -> (H, W, 3) uint8 sRGB (RGB order), ``burst_data.md`` §6.
 
     With ``normalize_max`` it is BurstSR's real-track post-processing (``process_burstsr_image_rgb``: × the
     gains, ÷ the maximum, clamp, gamma, smoothstep; no colour matrix); otherwise the synthetic one (gains with
-    clamp, colour matrix, clamp, gamma, smoothstep). ×255 truncated.
+    clamp, colour matrix, clamp, gamma, smoothstep). ×255 truncated. Every step but the maximum is per pixel, so
+    bands of rows render as the whole image does when ``norm_factor`` gives the whole image's maximum
+    (:func:`srgb_norm_factor`).
     """
     image = linear.detach().float().cpu()
     if render.normalize_max:
-        if render.cam2rgb is not None:
-            raise ValueError('render_srgb: normalize_max (BurstSR post-processing) applies no colour matrix')
-        meta = {'norm_factor': 1.0, 'black_level_subtracted': True,
-                'cam_wb': [render.red_gain * render.rgb_gain, render.rgb_gain, render.blue_gain * render.rgb_gain]}
-        return process_burstsr_image_rgb(image, meta, gamma=render.gamma, smoothstep=render.smoothstep,
-                                         return_np=True)
+        return process_burstsr_image_rgb(image, _burstsr_meta(render), gamma=render.gamma,
+                                         smoothstep=render.smoothstep, norm_factor=norm_factor, return_np=True)
     image = apply_gains(image, render.rgb_gain, render.red_gain, render.blue_gain)
     if render.cam2rgb is not None:
         image = apply_ccm(image, torch.tensor(render.cam2rgb, dtype=torch.float32))

@@ -51,7 +51,8 @@ from codes.utils.errors import UserError
 
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUTS', 'IMAGE_EXTENSIONS',
            'IO_BACKEND_KEYS', 'ValueInfo', 'LmdbError', 'LmdbFormatError', 'CorruptValueError', 'MissingKeyError',
-           'check_io_backend', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb', 'DiskBackend',
+           'check_io_backend', 'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb',
+           'DiskBackend',
            'LmdbBackend', 'BasicSRLmdbBackend', 'DclsLmdbBackend', 'format_meta_line', 'parse_meta_line',
            'parse_format_record', 'decode_value', 'key_from_name', 'natural_key', 'pair_keys', 'to_bgr_uint8']
 
@@ -304,6 +305,8 @@ class DiskBackend:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
+            if self.root.exists():
+                raise NotADirectoryError(f'data folder {self.root} is a file, not a folder')
             raise FileNotFoundError(f'data folder not found: {self.root}')
         self.path = str(self.root)
         self._index: dict[str, str] | None = None
@@ -407,6 +410,11 @@ class _EnvCache:
                                     max_readers=max_readers, subdir=True)
                 except lmdb.Error as exc:
                     raise LmdbFormatError(path, f'cannot open the LMDB: {exc}') from None
+                try:
+                    check_lmdb_length(path, env)
+                except BaseException:
+                    env.close()
+                    raise
                 slot = self.envs[ident] = [env, 0]
             slot[1] += 1
             return slot[0], ident
@@ -421,6 +429,24 @@ class _EnvCache:
                 if slot[1] <= 0:
                     del self.envs[ident]
                     slot[0].close()
+
+
+def check_lmdb_length(path: str, env: Any) -> None:
+    """Refuse a ``data.mdb`` shorter than the pages its own meta page counts, before any read maps them.
+
+    LMDB maps the file and reading a page past its end kills the process with SIGBUS (a truncated copy, a full
+    disk during a copy). The environment's last page number (``env.info()['last_pgno']``) and page size
+    (``env.stat()['psize']``) come from the meta pages at the start of the file, so the length it needs is known
+    without touching any other page.
+    """
+    pages = int(env.info()['last_pgno']) + 1
+    psize = int(env.stat()['psize'])
+    need = pages * psize
+    have = os.path.getsize(os.path.join(path, 'data.mdb'))
+    if have < need:
+        raise LmdbFormatError(path, f'data.mdb is truncated: {have:,} bytes, but the database holds {pages:,} '
+                              f'pages of {psize} bytes ({need:,} bytes); copy it again in full or rebuild it with '
+                              '`python -m codes.scripts.create_lmdb`')
 
 
 _ENVS = _EnvCache()  # one per process by construction (see _forget_inherited)

@@ -184,6 +184,10 @@ class BaseModel:
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.compute_loss()
         total = losses['l_total']
+        if self._loss_is_non_finite(total):  # before backward: some kernels crash on NaN (deform_conv2d on CPU)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = {k: float(v.detach()) for k, v in losses.items()}
+            return self._skip_step(current_iter, out, 'loss')
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
@@ -204,18 +208,31 @@ class BaseModel:
         elif math.isfinite(out['grad_norm']):
             self.optimizer.step()
         else:  # gradients are identical on every rank after the all-reduce, so every rank skips together
-            self.nan_skips += 1
-            out['skipped'] = 1.0
-            logger.warning('Non-finite gradient at iteration %d (loss %s): step skipped (%d so far)',
-                           current_iter, out['l_total'], self.nan_skips)
-            if self.nan_skips > self.nan_skip_limit:
-                raise FloatingPointError(f'more than train.nan_skip_limit={self.nan_skip_limit} non-finite steps; '
-                                         'lower the learning rate, set train.grad_clip_norm or use fp32')
-            return out
+            return self._skip_step(current_iter, out, 'gradient')
         if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         if self.net_g_ema is not None:
             self._update_ema()
+        return out
+
+    def _loss_is_non_finite(self, total: torch.Tensor) -> bool:
+        """Whether the loss is NaN/inf on this rank or on any other (one small all-reduce under DDP), so that every
+        rank skips the backward together and DDP's gradient all-reduce stays matched."""
+        bad = (~torch.isfinite(total.detach())).any().to(torch.float32).reshape(1)
+        if self.world_size > 1:
+            du.all_reduce_sum(bad)
+        return bool(bad.item() > 0)
+
+    def _skip_step(self, current_iter: int, out: dict[str, float], what: str) -> dict[str, float]:
+        """Count a skipped step (non-finite ``what``: 'loss' or 'gradient'); too many end the run."""
+        self.nan_skips += 1
+        out['skipped'] = 1.0
+        out.setdefault('grad_norm', float('nan'))
+        logger.warning('Non-finite %s at iteration %d (loss %s): step skipped (%d so far)', what, current_iter,
+                       out['l_total'], self.nan_skips)
+        if self.nan_skips > self.nan_skip_limit:
+            raise FloatingPointError(f'more than train.nan_skip_limit={self.nan_skip_limit} non-finite steps; '
+                                     'lower the learning rate, set train.grad_clip_norm or use fp32')
         return out
 
     @torch.no_grad()

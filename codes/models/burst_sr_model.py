@@ -36,6 +36,7 @@ def save_submission_png(pred: torch.Tensor, path: str | Path) -> None:
     """Challenge submission format: clamp to [0, 1], x 2^14, truncate to uint16, 3-channel PNG written by OpenCV
     from the RGB array (so the file has OpenCV's on-disk channel order, as the official files do)."""
     arr = (pred.detach().float().clamp(0, 1) * 2 ** 14).to(torch.int32).permute(1, 2, 0).cpu().numpy()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # keys may hold folders
     if not cv2.imwrite(str(path), arr.astype(np.uint16)):
         raise OSError(f'could not write {path}')
 
@@ -136,9 +137,10 @@ class BurstSRModel(BaseModel):
                      dataset_name: str, current_iter: int) -> None:
         canvas = np.concatenate(self.render_tiles(pred, i), axis=1)
         if image_dir is not None:
-            Path(image_dir).mkdir(parents=True, exist_ok=True)
-            name = f'{key}_{current_iter}.png' if current_iter else f'{key}.png'
-            cv2.imwrite(str(Path(image_dir) / name), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+            path = Path(image_dir) / (f'{key}_{current_iter}.png' if current_iter else f'{key}.png')
+            path.parent.mkdir(parents=True, exist_ok=True)  # keys may hold folders
+            if not cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
+                raise OSError(f'could not write {path}')
         if tb_writer is not None:
             tb_writer.add_image(f'{dataset_name}/{key}', canvas, current_iter, dataformats='HWC')
 

@@ -7,6 +7,7 @@ renamed, so a killed run never leaves a truncated file under a real name.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -22,7 +23,8 @@ import torch.nn as nn
 from codes.utils.errors import UserError
 
 __all__ = ['atomic_save', 'load_file', 'extract_state_dict', 'load_network', 'get_rng_states', 'set_rng_states',
-           'find_resume_state', 'CheckpointError']
+           'find_resume_state', 'STATE_KEYS', 'CheckpointError', 'SaveError',
+           'CheckpointNotFoundError']
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +37,33 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path that names no file."""
 
 
+class SaveError(CheckpointError, OSError):
+    """A checkpoint that could not be written (disk full, no permission, ...); the previous files are intact."""
+
+
+def _os_cause(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, or in its chain: ``torch.save`` wraps a failed write in RuntimeError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``. Raises on failure."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    Raises:
+        SaveError naming ``path`` when the write fails for a reason of the system (no space left on the device, no
+        permission, ...): the temporary file is removed and whatever ``path`` held before is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SaveError(f'could not create the folder of {path}: {exc.strerror or exc}') from exc
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
         with open(tmp, 'wb') as f:
@@ -51,21 +76,33 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        cause = _os_cause(exc) if isinstance(exc, Exception) else None
+        if cause is None:
+            raise
+        what = 'no space left on the device' if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
+        previous = 'the previous file under that name is intact' if path.exists() else 'nothing was written'
+        raise SaveError(f'could not write {path}: {what}; {previous}, and the checkpoints written before it are '
+                        'intact (free space, then continue with --auto_resume)') from exc
 
 
 def load_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointNotFoundError(f'checkpoint not found: {path}')
+        raise CheckpointNotFoundError(f'checkpoint not found: {path}' + (' (a folder, not a file)' if path.is_dir()
+                                                                         else ''))
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f'{path}: refused by the safe loader (weights_only=True); a checkpoint must hold '
-                              f'only tensors and plain containers. Detail: {exc}') from None
+        # torch's message advises loading with weights_only=False, which would run the file's code: keep only the
+        # line that says what was refused
+        lines = [ln.strip() for ln in str(exc).splitlines() if 'WeightsUnpickler error' in ln]
+        detail = lines[0].split('WeightsUnpickler error:', 1)[1].strip() if lines else type(exc).__name__
+        raise CheckpointError(f'{path}: cannot be loaded safely: it holds objects other than tensors and plain '
+                              f'containers ({detail}), and loading it would run code from the file. It was not '
+                              'loaded; use weights from a source you trust, saved as a state_dict') from None
     except Exception as exc:
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another format): '
                               f'{type(exc).__name__}: {exc}') from None
@@ -151,12 +188,13 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
 STATE_KEYS = ('iter', 'epoch', 'optimizers', 'schedulers', 'rng')
 
 
-def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLike
-                      ) -> tuple[dict, Path, Path] | None:
+def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLike,
+                      skipped: list | None = None) -> tuple[dict, Path, Path] | None:
     """The newest complete training state: ``(state, state_path, weights_path)``, or None.
 
     Files that fail to load (a truncated write, a foreign file) or whose weights file is missing or unreadable
-    are skipped with a warning, and the next older state is tried.
+    are skipped with a warning (and appended to ``skipped`` as ``(state_path, reason)``), and the next older
+    state is tried.
     """
     states_dir, models_dir = Path(states_dir), Path(models_dir)
     if not states_dir.is_dir():
@@ -170,12 +208,14 @@ def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLi
         weights = models_dir / f'net_g_{it}.pth'
         try:
             state = load_file(p)
-            missing = [k for k in STATE_KEYS if k not in state]
+            missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
             if missing or state['iter'] != it:
                 raise CheckpointError(f'{p}: incomplete training state (missing {missing})')
             load_file(weights)
         except (CheckpointError, FileNotFoundError) as exc:
             logger.warning('Skipping training state %s: %s', p, exc)
+            if skipped is not None:
+                skipped.append((p, str(exc)))
             continue
         return state, p, weights
     return None

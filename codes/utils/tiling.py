@@ -5,18 +5,28 @@ size), cut into ``tile`` × ``tile`` tiles that overlap by at least ``overlap`` 
 the network alone, so device memory is bounded by the tile. Tile outputs are blended with weights that ramp
 linearly across each overlap (1 elsewhere) and normalised by the summed weights, so a pixel covered by one tile
 only gets exactly that tile's output. Tile corners are multiples of ``multiple`` so that window partitions inside
-a tile line up with those of the whole image. Output accumulators stay on the CPU (float32, output size).
+a tile line up with those of the whole image.
+
+Two ways to get the output: :func:`tiled_forward` returns it whole (float32, output size, plus a weight map of the
+same size: the reference), and :func:`tiled_forward_rows` yields it in bands of finished rows, keeping only one
+tile row of accumulators (its bands equal the reference's rows exactly). With the streamed writers of
+``codes.utils.image_writers`` the host memory of a tiled inference is then bounded by the tile row and the width,
+not by the output size; :func:`check_memory` refuses, before any work, an output that cannot fit.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Iterator
+
+from codes.utils.errors import UserError
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['pad_to_multiple', 'tile_starts', 'ramp_weights', 'tiled_forward', 'round_tile']
+__all__ = ['pad_to_multiple', 'tile_starts', 'ramp_weights', 'tiled_forward', 'tiled_forward_rows', 'round_tile',
+           'tiled_memory_bytes', 'available_memory_bytes', 'check_memory', 'OutputMemoryError']
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +148,137 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, s
                 progress.update(1)
     out /= weight
     return out[..., :scale * h, :scale * w]
+
+
+def tiled_forward_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int, tile: int | None,
+                       overlap: int, multiple: int = 1, min_size: int = 0, progress: Any = None,
+                       max_rows: int = 256) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`tiled_forward` as a stream: yields ``(first_row, band)`` with ``band`` (C, n, scale·w) float32 on the
+    CPU, ``n <= max_rows``, top to bottom, covering the cropped output once.
+
+    Rows are yielded as soon as no later tile can touch them (after each row of tiles), and only one row of tiles
+    is accumulated (C + 1 float32 planes of scale·tile rows by the padded width), so the host memory does not grow
+    with the output height. The values equal those of :func:`tiled_forward` exactly (same sums, same order). The
+    network's output must have batch size 1.
+    """
+    padded, (h, w) = pad_to_multiple(x, multiple, min_size)
+    ph, pw = padded.shape[-2:]
+    out_h, out_w = scale * h, scale * w
+    if tile:
+        tile, overlap = round_tile(tile, overlap, multiple, min_size)
+    if not tile or (ph <= tile and pw <= tile):
+        if progress is not None:
+            progress.reset(total=1)
+        with torch.no_grad():
+            out = fn(padded).float().cpu()
+        if out.shape[0] != 1:
+            raise ValueError(f'tiled_forward_rows: the network returned a batch of {out.shape[0]}, expected 1')
+        if progress is not None:
+            progress.update(1)
+        out = out[0, :, :out_h, :out_w]
+        for r0 in range(0, out_h, max_rows):
+            yield r0, out[:, r0:r0 + max_rows]
+        return
+    rows, cols = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
+    th, tw = min(tile, ph), min(tile, pw)
+    band_h = scale * th
+    if progress is not None:
+        progress.reset(total=len(rows) * len(cols))
+    acc = weight = None
+    base = 0  # output row of acc[:, 0]
+
+    def finished(upto: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Rows [base, upto) of the accumulators, normalised and cropped, in bands of ``max_rows``."""
+        for a in range(0, min(upto, out_h) - base, max_rows):
+            b = min(a + max_rows, min(upto, out_h) - base)
+            yield base + a, acc[:, a:b, :out_w] / weight[:, a:b, :out_w]
+
+    for i, r in enumerate(rows):
+        if acc is not None:
+            done = scale * r - base  # rows above this tile row's top are final
+            yield from finished(base + done)
+            keep = band_h - done
+            for k in range(0, keep, done):  # shift up in non-overlapping chunks (no band-sized copy)
+                n = min(done, keep - k)
+                acc[:, k:k + n] = acc[:, done + k:done + k + n]
+                weight[:, k:k + n] = weight[:, done + k:done + k + n]
+            acc[:, keep:] = 0
+            weight[:, keep:] = 0
+            base = scale * r
+        top = rows[i - 1] + th - r if i > 0 else 0
+        bottom = r + th - rows[i + 1] if i + 1 < len(rows) else 0
+        wy = ramp_weights(scale * th, scale * top, scale * bottom)
+        for j, c in enumerate(cols):
+            left = cols[j - 1] + tw - c if j > 0 else 0
+            right = c + tw - cols[j + 1] if j + 1 < len(cols) else 0
+            wx = ramp_weights(scale * tw, scale * left, scale * right)
+            with torch.no_grad():
+                y = fn(padded[..., r:r + th, c:c + tw]).float().cpu()
+            if y.shape[0] != 1:
+                raise ValueError(f'tiled_forward_rows: the network returned a batch of {y.shape[0]}, expected 1')
+            if acc is None:
+                acc = torch.zeros(y.shape[1], band_h, scale * pw)
+                weight = torch.zeros(1, band_h, scale * pw)
+            wt = (wy[:, None] * wx[None, :])[None]
+            xs = slice(scale * c, scale * (c + tw))
+            acc[:, :, xs] += y[0] * wt
+            weight[:, :, xs] += wt
+            del y
+            if progress is not None:
+                progress.update(1)
+    yield from finished(base + band_h)
+
+
+# ----------------------------------------------------------------------------------------------- memory
+class OutputMemoryError(UserError, MemoryError):
+    """An output that cannot fit in the host memory available; raised before any work is done."""
+
+
+def tiled_memory_bytes(in_hw: tuple[int, int], channels: int, scale: int, tile: int | None, overlap: int,
+                       multiple: int = 1, min_size: int = 0, resident_bytes_per_pixel: float = 0.0,
+                       max_rows: int = 256) -> int:
+    """Host memory a :func:`tiled_forward_rows` inference of an input of ``in_hw`` needs beyond the model and the
+    input: the tile-row accumulators (or, untiled, the whole float32 output), the tile outputs, the per-band
+    temporaries of the writers (a few float32 copies of ``max_rows`` rows), and ``resident_bytes_per_pixel`` per
+    output pixel for an output kept whole in memory."""
+    h, w = in_hw
+    ph = max(math.ceil(h / multiple) * multiple, math.ceil(min_size / multiple) * multiple)
+    pw = max(math.ceil(w / multiple) * multiple, math.ceil(min_size / multiple) * multiple)
+    out_px = scale * h * scale * w
+    if tile:
+        tile, overlap = round_tile(tile, overlap, multiple, min_size)
+    if not tile or (ph <= tile and pw <= tile):
+        work = 2 * channels * 4 * (scale * ph) * (scale * pw)  # the output and its crop/copy
+    else:
+        th, tw = min(tile, ph), min(tile, pw)
+        work = (channels + 1) * 4 * scale * th * scale * pw + 3 * channels * 4 * scale * th * scale * tw
+    bands = 8 * channels * 4 * min(max_rows, scale * h) * scale * w
+    return int(work + bands + resident_bytes_per_pixel * out_px)
+
+
+def available_memory_bytes() -> int | None:
+    """The host memory available to a new allocation (``MemAvailable`` of /proc/meminfo, else free pages), or
+    None when the system does not say."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, what: str, budget: int | None = None, hint: str = '') -> None:
+    """Raise :class:`OutputMemoryError` when ``need`` bytes exceed ``budget`` (default: the memory available now).
+
+    ``what`` names the input and output in the message; ``hint`` says what to change.
+    """
+    budget = available_memory_bytes() if budget is None else budget
+    if budget is not None and need > budget:
+        raise OutputMemoryError(f'{what} needs about {need / 2 ** 30:.2f} GiB of host memory, but '
+                                f'{budget / 2 ** 30:.2f} GiB is available; nothing was computed'
+                                + (f'; {hint}' if hint else ''))

@@ -500,3 +500,21 @@ def test_burstsr_dataset_from_lmdb_matches_disk(tmp_path):
         BurstSRDataset(str(tmp_path / 'train.lmdb'), split='val', io_backend={'type': 'lmdb'})
     with pytest.raises(iob.LmdbFormatError, match="layout 'burstsr', this dataset reads 'synburst_val'"):
         sb.SyntheticBurstValDataset(str(tmp_path / 'train.lmdb'), io_backend={'type': 'lmdb'})
+
+
+def test_truncated_data_mdb_is_refused_before_any_read(tmp_path):
+    """A data.mdb shorter than its meta page says is an error naming the database, not a SIGBUS on first read."""
+    db = tmp_path / 'imgs.lmdb'
+    _build('images', _images_dir(tmp_path / 'src'), db)
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    need = (env.info()['last_pgno'] + 1) * env.stat()['psize']
+    psize = env.stat()['psize']
+    env.close()
+    assert os.path.getsize(db / 'data.mdb') >= need
+    iob.open_lmdb(db).close()  # whole: opens
+    os.truncate(db / 'data.mdb', need - psize)
+    with pytest.raises(iob.LmdbFormatError, match=r'imgs\.lmdb: data\.mdb is truncated: .* bytes, but the database '
+                       r'holds .* pages'):
+        iob.open_lmdb(db)
+    with pytest.raises(iob.LmdbFormatError, match='truncated'):
+        iob.open_backend({'type': 'lmdb'}, db)

@@ -4,6 +4,7 @@ import csv
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -292,11 +293,14 @@ def test_trial_of_a_dead_worker_is_failed_by_the_next_one(tmp_path, sample_data)
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1)
     study = optuna.load_study(study_name='stale', storage=storage)
     trial = study.ask()  # a worker takes a trial, beats once, then dies
+    trial.set_user_attr('worker', 'deadhost:4242')
     storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name('stale'), trial.number))
     time.sleep(2.5)
     study = tune_pipeline(ROOT, ['-opt', str(path)])
     assert states(study) == {0: 'FAIL'}  # failed as stale; it counts toward n_trials, so nothing else ran
+    reason = study.get_trials()[0].user_attrs['fail_reason']  # and says why
+    assert 'the worker deadhost:4242 stopped sending heartbeats' in reason, reason
     assert not (tmp_path / 'experiments' / 'stale' / 'trial_0').exists()
 
 
@@ -380,3 +384,69 @@ def test_two_workers_share_a_postgresql_study(tmp_path, sample_data, postgres_ur
     exp = tmp_path / 'experiments' / 'pg'
     _check_shared_study(load_study(tmp_path, 'pg', postgres_url), exp, outs, 3)
     assert not (exp / 'study.db').exists() and (exp / 'best.yml').is_file()
+
+
+# ------------------------------------------------------------------------------------------------- faults
+def test_plain_postgresql_url_means_psycopg2_and_a_bad_sqlite_folder_is_clear(tmp_path, sample_data):
+    from codes.tune import storage_url
+    assert storage_url('postgresql://me:pw@db.example:5432/optuna') == 'postgresql+psycopg2://me:pw@db.example:5432/optuna'
+    assert storage_url('postgresql+psycopg://h/db') == 'postgresql+psycopg://h/db'
+    assert storage_url('sqlite:///x.db') == 'sqlite:///x.db' and storage_url('not a url') == 'not a url'
+    path = tune_file(tmp_path, sample_data, 'faults', {'train.optim_g.lr': [1e-3]}, {'n_trials': 1})
+    pytest.importorskip('psycopg2', reason='psycopg2-binary (requirements.txt) is needed for PostgreSQL')
+    # the documented URL gets as far as connecting (no server on port 1), not "No module named 'psycopg'"
+    with pytest.raises(OptionError, match=r"option 'tune.storage': cannot open the study database "
+                       r'postgresql\+psycopg2://me:\*\*\*@127\.0\.0\.1:1/db .*OperationalError') as info:
+        tune_pipeline(ROOT, ['-opt', str(path), '--storage', 'postgresql://me:secret@127.0.0.1:1/db'])
+    assert 'secret' not in str(info.value) and 'psycopg\'' not in str(info.value)
+    a_file = tmp_path / 'passwd'
+    a_file.write_text('root:x:0:0')
+    with pytest.raises(OptionError, match=rf"option 'tune.storage': cannot create the folder of the SQLite database "
+                       rf'{a_file}/x.db .*a file is in the way'):
+        tune_pipeline(ROOT, ['-opt', str(path), '--storage', f'sqlite:///{a_file}/x.db'])
+    assert a_file.read_text() == 'root:x:0:0'
+
+
+def test_documented_plain_postgresql_url_opens_a_study(tmp_path, sample_data, postgres_url):
+    plain = postgres_url.replace('postgresql+psycopg2://', 'postgresql://')
+    path = tune_file(tmp_path, sample_data, 'plainpg', {'train.optim_g.lr': [1e-3]}, {'n_trials': 1})
+    study = tune_pipeline(ROOT, ['-opt', str(path), '--storage', plain, '--n-trials', '0'])
+    assert study.study_name == 'plainpg' and study.get_trials() == []
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not reaped, counts as dead)."""
+    try:
+        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc')
+@pytest.mark.parametrize('method', ['spawn', 'forkserver'])
+def test_trial_process_dies_with_its_killed_worker(tmp_path, method):
+    import textwrap
+    script = tmp_path / 'worker.py'
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from codes.tune import start_guarded
+        if __name__ == '__main__':
+            proc, lifeline = start_guarded(multiprocessing.get_context(sys.argv[1]), time.sleep, (600,), 'trial')
+            print(proc.pid, flush=True)
+            time.sleep(600)
+    """))
+    worker = subprocess.Popen([sys.executable, str(script), method], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    child = int(worker.stdout.readline())
+    time.sleep(1.0)
+    assert _alive(child)
+    worker.kill()  # kill -9: no handler of the worker runs
+    worker.wait()
+    deadline = time.time() + 30
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, 'the trial process outlived its worker'
