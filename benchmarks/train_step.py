@@ -97,7 +97,17 @@ def machine_info(device: torch.device) -> dict[str, object]:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far, MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this program's memory (``ru_maxrss`` would carry
+    over the parent's peak into a child started by fork + exec). Elsewhere ``ru_maxrss`` (bytes on macOS).
+    """
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 2**10  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == 'darwin' else rss / 2**10
 
