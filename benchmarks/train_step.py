@@ -316,7 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--reps', type=int, default=3, help='interleaved rounds (the median is reported)')
     p.add_argument('--warmup', type=int, default=1, help='untimed steps first, per implementation')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
-    p.add_argument('--net', type=_net_option, action='append', default=[], metavar='KEY=VALUE',
+    p.add_argument('--net', '--arch-opt', dest='net', type=_net_option, action='append', default=[],
+                   metavar='KEY=VALUE',
                    help='extra network constructor argument (YAML value); repeatable')
     p.add_argument('--isolate-memory', action='store_true',
                    help='CPU: also measure each implementation\'s peak RSS alone in a fresh process')
