@@ -289,8 +289,10 @@ class FlowGuidedDCN(_ModulatedDCN):
         with _no_autocast(x.device):
             o1, o2, m = self._offset_mask(fea)
             offset = self.max_residue_magnitude * torch.tanh(torch.cat((o1, o2), dim=1))  # (B, 2·G·k², H, W)
+            b, c2, h, w = offset.shape
             flow = flow.flip(1).to(offset.dtype)  # (dx, dy) -> (dy, dx)
-            offset = offset + flow.repeat(1, offset.shape[1] // 2, 1, 1)
+            # + flow on every (dy, dx) channel pair: a broadcast, the same sums as adding flow.repeat(1, G·k², 1, 1)
+            offset = (offset.view(b, c2 // 2, 2, h, w) + flow.unsqueeze(1)).view(b, c2, h, w)
             out = self._deform(_fp32(x), offset, torch.sigmoid(m))
         return out.to(dtype)
 
