@@ -71,3 +71,14 @@ def test_gpu_check_script_on_cpu(tmp_path: Path) -> None:
     assert {r['impl'] for r in report['train_step']['rows']} == {'reference', 'fast'}
     assert report['train']['training_states'], report['train']
     assert report['infer_tiny']['ms_per_burst'] > 0
+
+
+def test_demo_options_valid() -> None:
+    """The demo option file passes validation and its network builds (fast path by default)."""
+    from codes.utils.options import load_yaml, validate_options
+    path = ROOT / 'options' / 'demo_synthetic.yml'
+    opt = validate_options(load_yaml(path), str(path), is_train=True)
+    assert opt['train']['total_iter'] == opt['train']['scheduler']['T_max']
+    assert opt['train']['warmup_iter'] < opt['train']['total_iter'] and opt['train']['ema_decay'] > 0
+    net = build_network(opt['network_g'])
+    assert net.impl == 'auto'
