@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU proof in one command (about 8 minutes on one GPU): writes every figure to OUT/gpu_check.json.
 #
-#   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--out DIR] [--wheels DIR] [--python PY]
+#   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--out DIR] [--wheels DIR] [--python PY] [--only NAMES]
+#
+# --only outputs,train,infer runs just those parts (comma-separated: outputs, train_step, train, infer).
 #
 # 1. CUDA against CPU outputs of BSRT-S, BSRT-L and DCLS, same weights and input, every implementation
 #    (fp32 <= 1e-4 relative; bf16/fp16 autocast <= 1e-2)                       -> outputs.json
@@ -22,17 +24,22 @@ DEVICE=cuda
 OUT=experiments/gpu_check
 WHEELS=""
 PY=${PYTHON:-python}
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --wheels) WHEELS=$2; shift 2 ;;
     --python) PY=$2; shift 2 ;;
+    --only) ONLY=",$2,"; shift 2 ;;
     -h|--help) sed -n 2,20p "$0"; exit 0 ;;
     *) echo "gpu_check.sh: error: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-case "$DEVICE" in cuda|cpu) ;; *) echo "gpu_check.sh: error: --device must be cuda or cpu, got $DEVICE" >&2; exit 2 ;; esac
+case "$DEVICE" in
+  cuda|cpu) ;;
+  *) echo "gpu_check.sh: error: --device must be cuda or cpu, got $DEVICE" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.." || exit 2
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -40,13 +47,21 @@ STATUS="$OUT/status.json"
 echo "{" > "$STATUS.tmp"
 FAILED=0
 
+wanted() {  # wanted PART: whether --only selects PART (everything without --only)
+  [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]
+}
+
 step() {  # step NAME LIMIT_S COMMAND...: run, time and record the exit status
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
   echo "== $name" >&2
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  [ $rc -ne 0 ] && { FAILED=1; echo "   $name failed (exit $rc), see $OUT/$name.log" >&2; tail -5 "$OUT/$name.log" >&2; }
+  if [ $rc -ne 0 ]; then
+    FAILED=1
+    echo "   $name failed (exit $rc), see $OUT/$name.log" >&2
+    tail -5 "$OUT/$name.log" >&2
+  fi
   echo "  \"$name\": {\"rc\": $rc, \"seconds\": $((SECONDS - t0))}," >> "$STATUS.tmp"
 }
 
@@ -57,7 +72,7 @@ for pkg in lmdb rawpy optuna; do
       $PY -m pip install -q --no-index --find-links "$WHEELS" "$pkg" >/dev/null 2>&1 \
         && echo "installed $pkg from $WHEELS" >&2 || echo "note: $pkg not installed (no wheel in $WHEELS)" >&2
     else
-      echo "note: $pkg is missing (pass --wheels DIR to install it); the LMDB, RAW-file and tuning parts are skipped" >&2
+      echo "note: $pkg is missing (pass --wheels DIR to install it); LMDB, RAW-file and tuning parts are skipped" >&2
     fi
   fi
 done
@@ -79,10 +94,11 @@ else
 fi
 
 # ---------------------------------------------------------------------------------- 1. outputs
-step outputs 900 $PY benchmarks/gpu_check.py outputs --device "$DEVICE" $TINY --json "$OUT/outputs.json"
+wanted outputs && step outputs 900 $PY benchmarks/gpu_check.py outputs --device "$DEVICE" $TINY \
+  --json "$OUT/outputs.json"
 
 # ---------------------------------------------------------------------------------- 2. train step
-step train_step 1800 $PY benchmarks/train_step.py "${STEP_ARGS[@]}" --json "$OUT/train_step.json"
+wanted train_step && step train_step 1800 $PY benchmarks/train_step.py "${STEP_ARGS[@]}" --json "$OUT/train_step.json"
 
 # ---------------------------------------------------------------------------------- 3. train + resume
 SAMPLE="$OUT/sample"
@@ -93,13 +109,15 @@ TRAIN_SET=(name=gpu_check_train "path.experiments_root=$OUT/train" prepare_sampl
            "train.scheduler.milestones=[1000000]" val.val_freq=1000000 logger.print_freq=5
            logger.save_checkpoint_freq=$ITERS logger.use_tb_logger=false "${NET[@]}")
 PORT=$((29500 + $$ % 1000))
+if wanted train; then
 rm -rf "$OUT/train"
 step train 900 $PY -m torch.distributed.run --nproc_per_node=1 --master_port $PORT train.py \
   -opt options/train_synthetic.yml --launcher pytorch --force_yml "${TRAIN_SET[@]}" train.total_iter=$ITERS
 step train_resume 600 $PY -m torch.distributed.run --nproc_per_node=1 --master_port $((PORT + 1)) train.py \
   -opt options/train_synthetic.yml --launcher pytorch --auto_resume --force_yml "${TRAIN_SET[@]}" \
   train.total_iter=$RESUME_ITERS
-$PY - "$OUT" "$ITERS" "$RESUME_ITERS" > "$OUT/train.json" <<'EOF'
+fi
+wanted train && $PY - "$OUT" "$ITERS" "$RESUME_ITERS" > "$OUT/train.json" <<'EOF'
 import json, re, sys
 from pathlib import Path
 out, iters, resume = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -112,6 +130,7 @@ print(json.dumps({'iters': iters, 'resume_to': resume, 'nccl': 'nccl' in logs['t
 EOF
 
 # ---------------------------------------------------------------------------------- 4. inference timing
+wanted infer || INFER_LEVELS=()
 for level in "${INFER_LEVELS[@]}"; do
   D="$OUT/infer_$level"
   rm -rf "$D"
@@ -129,7 +148,8 @@ done
 echo "  \"failed\": $FAILED" >> "$STATUS.tmp"
 echo "}" >> "$STATUS.tmp"
 mv "$STATUS.tmp" "$STATUS"
-PARTS=("$OUT/status.json" "$OUT/outputs.json" "$OUT/train_step.json" "$OUT/train.json")
+PARTS=("$OUT/status.json")
+for part in outputs train_step train; do wanted $part && PARTS+=("$OUT/$part.json"); done
 for level in "${INFER_LEVELS[@]}"; do PARTS+=("$OUT/infer_$level.json"); done
 $PY benchmarks/gpu_check.py merge --json "$OUT/gpu_check.json" "${PARTS[@]}"
 exit $FAILED

@@ -20,7 +20,9 @@ burst in [0, 1], the target a random image of the output's shape. bf16/fp16 run 
 own copy of the same initial weights and optimiser, and they run **interleaved**: after ``--warmup`` untimed steps
 each, ``--reps`` rounds of ``--steps`` timed steps of every implementation in turn, so machine load hits them alike.
 Reported per row: the median time per step over the rounds, bursts/s from it, and ``speedup``, the median over the
-rounds of (reference time / this implementation's time) within the same round.
+rounds of (reference time / this implementation's time) within the same round. ``cpu_s_per_step`` and
+``cpu_speedup`` are the same from the process CPU time (all threads), which an overloaded shared machine distorts
+less than wall time.
 
 **Peak memory** is ``torch.cuda.max_memory_allocated`` on CUDA (reset before each implementation's steps) and, on
 CPU, the process peak RSS (``ru_maxrss``), a high-water mark of the whole process that interleaved rows share; with
@@ -158,6 +160,7 @@ class _Runner:
         self.x = x
         self.y: torch.Tensor | None = None
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.peak_cuda = 0.0
 
     def step(self) -> None:
@@ -177,13 +180,14 @@ class _Runner:
         if sync:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step()
         if sync:
             torch.cuda.synchronize(self.device)
             self.peak_cuda = max(self.peak_cuda, torch.cuda.max_memory_allocated(self.device) / 2**20)
         self.times.append((time.perf_counter() - t0) / steps)
+        self.cpu_times.append((time.process_time() - c0) / steps)
 
 
 def _isolated_rss(arch: str, level: str | None, precision: str, impl: str, args: argparse.Namespace) -> float | None:
@@ -242,9 +246,11 @@ def run_config(arch: str, level: str | None, precision: str, device: torch.devic
         for impl, r in runners.items():
             med = statistics.median(r.times)
             row = rows[impl]
-            row.update(bursts_per_s=args.batch / med, s_per_step=med, s_per_step_all=[round(t, 3) for t in r.times])
+            row.update(bursts_per_s=args.batch / med, s_per_step=med, s_per_step_all=[round(t, 3) for t in r.times],
+                       cpu_s_per_step=statistics.median(r.cpu_times))
             if ref is not None:
                 row['speedup'] = statistics.median(a / b for a, b in zip(ref.times, r.times))
+                row['cpu_speedup'] = statistics.median(a / b for a, b in zip(ref.cpu_times, r.cpu_times))
             if device.type == 'cuda':
                 row.update(peak_mem_mib=r.peak_cuda, mem_kind='CUDA max allocated')
             else:

@@ -103,7 +103,7 @@ def _dcn_grid(offset: torch.Tensor, h: int, w: int, kernel_size: int, stride: in
     g = offset.shape[1] // (2 * kk)
     dev, dt = offset.device, offset.dtype
     taps = torch.arange(kernel_size, device=dev, dtype=dt) * dilation
-    # base point of tap t = k·i + j at output (y, x): (y·stride - padding + i·dilation, x·stride - ... + j·dilation)
+    # base point of tap t = k·i + j at output (y, x): (y·stride - padding + i·dilation, x·stride - ... + j·dil.)
     by = taps.repeat_interleave(kernel_size).view(kk, 1, 1) + (torch.arange(ho, device=dev, dtype=dt) * stride
                                                               - padding).view(1, ho, 1)
     bx = taps.repeat(kernel_size).view(kk, 1, 1) + (torch.arange(wo, device=dev, dtype=dt) * stride
