@@ -1,7 +1,9 @@
 """Shared network pieces: flow warping, modulated deformable convolutions (DCNv2) and SpyNet.
 
-* ``flow_warp`` and the DCNs follow ``docs: bsrt.md`` §6-§7 (BSRT, ``Algolzw/BSRT``, MIT). The DCNs use
-  ``torchvision.ops.deform_conv2d`` with the full, ungrouped weight, so the official DCNv2 weights load unchanged.
+* ``flow_warp`` and the DCNs follow BSRT (``Algolzw/BSRT``, MIT). The DCNs keep the full, ungrouped DCNv2 weight,
+  so the official weights load unchanged, and have two implementations of the same operator (``impl``):
+  ``torchvision.ops.deform_conv2d`` ('reference', the test oracle) and bilinear sampling of the taps with
+  ``grid_sample`` followed by one matrix product ('fast', the default).
 * ``SpyNet`` follows ``bsrt.md`` §8 (Ranjan & Black, CVPR 2017, in the BasicSR/VRT layout), so the Sintel-final
   weight file ``spynet_sintel_final-3d2a1287.pth`` loads with :func:`load_spynet_weights`. Nothing is downloaded.
 
@@ -18,9 +20,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
-__all__ = ['flow_warp', 'modulated_deform_conv2d', 'FlowGuidedDCN', 'DCNSep', 'SpyNet', 'load_spynet_weights']
+__all__ = [
+    'IMPLS', 'resolve_impl', 'flow_warp', 'modulated_deform_conv2d', 'FlowGuidedDCN', 'DCNSep', 'SpyNet',
+    'load_spynet_weights'
+]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -69,10 +75,94 @@ def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = 'zeros',
     return out.to(dtype)
 
 
+IMPLS = ('auto', 'fast', 'reference')
+
+# Byte budget of one chunk's column buffer in the fast DCN. Below glibc's largest mmap threshold (32 MiB) the buffer
+# is recycled from the heap instead of being mapped and page-faulted afresh on every call, and it stays near the
+# caches: on a 2-core CPU one frame per chunk (9 MiB at BSRT's level 1) was ~2x faster than all 28 frames at once.
+_CPU_CHUNK_BYTES = 24 * 2**20
+_CUDA_CHUNK_BYTES = 512 * 2**20
+
+
+def resolve_impl(impl: str, device: torch.device | str) -> str:
+    """'fast' or 'reference' for ``impl`` in :data:`IMPLS` on ``device`` ('auto' picks 'fast' everywhere)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    return 'fast' if impl == 'auto' else impl
+
+
+def _dcn_grid(offset: torch.Tensor, h: int, w: int, kernel_size: int, stride: int, padding: int,
+              dilation: int) -> torch.Tensor:
+    """``grid_sample`` grid (B·G, k²·H', W', 2) of the sampling points of every tap of every offset group.
+
+    Pixel p maps to (2p + 1) / size - 1 (align_corners=False): the same points as DCNv2's bilinear sampling with
+    zero padding, and also right for a size of 1, which align_corners=True would map to a single pixel.
+    """
+    b, _, ho, wo = offset.shape
+    kk = kernel_size * kernel_size
+    g = offset.shape[1] // (2 * kk)
+    dev, dt = offset.device, offset.dtype
+    taps = torch.arange(kernel_size, device=dev, dtype=dt) * dilation
+    # base point of tap t = k·i + j at output (y, x): (y·stride - padding + i·dilation, x·stride - ... + j·dil.)
+    by = taps.repeat_interleave(kernel_size).view(kk, 1, 1) + (torch.arange(ho, device=dev, dtype=dt) * stride
+                                                              - padding).view(1, ho, 1)
+    bx = taps.repeat(kernel_size).view(kk, 1, 1) + (torch.arange(wo, device=dev, dtype=dt) * stride
+                                                   - padding).view(1, 1, wo)
+    base = torch.stack(((2 * bx + 1).expand(kk, ho, wo) / w - 1, (2 * by + 1).expand(kk, ho, wo) / h - 1))  # x, y
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=dev, dtype=dt).view(2, 1, 1, 1)
+    # offset channel 18g + 2t = dy, 18g + 2t + 1 = dx -> (B, G, 2 = (dx, dy), k², H', W') in one gather
+    off = offset.view(b, g, kk, 2, ho, wo).flip(3).transpose(2, 3)
+    grid = torch.addcmul(base, off, scale)  # (B, G, 2, k², H', W')
+    return grid.permute(0, 1, 3, 4, 5, 2).reshape(b * g, kk * ho, wo, 2)
+
+
+def _dcn_fast_chunk(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, stride: int,
+                    padding: int, dilation: int) -> torch.Tensor:
+    """One chunk of the fast DCN: (B, Cout, H'·W') without the bias."""
+    b, c, h, w = x.shape
+    ho, wo = offset.shape[-2:]
+    k = weight.shape[-1]
+    g = offset.shape[1] // (2 * k * k)
+    grid = _dcn_grid(offset, h, w, k, stride, padding, dilation)
+    cols = F.grid_sample(x.reshape(b * g, c // g, h, w), grid, mode='bilinear', padding_mode='zeros',
+                         align_corners=False)  # (B·G, Cin/G, k²·H', W'): rows (channel, tap)
+    cols = (cols * mask.reshape(b * g, 1, k * k * ho, wo)).view(b, c * k * k, ho * wo)  # rows = weight's (Cin, tap)
+    w2 = weight.reshape(weight.shape[0], -1)
+    if b == 1:
+        return torch.mm(w2, cols[0]).unsqueeze(0)
+    return torch.bmm(w2.expand(b, -1, -1), cols)
+
+
+def _modulated_deform_conv2d_fast(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                                  bias: torch.Tensor | None, stride: int, padding: int,
+                                  dilation: int) -> torch.Tensor:
+    """DCNv2 as ``grid_sample`` of the k² taps per offset group, then one matrix product with the weight.
+
+    The batch is processed in chunks whose column buffer fits a fixed byte budget; under autograd each chunk is
+    recomputed in backward (checkpointed), so only the inputs are kept, as torchvision's kernel does.
+    """
+    b = x.shape[0]
+    cout = weight.shape[0]
+    ho, wo = offset.shape[-2:]
+    per_image = x.shape[1] * weight.shape[-1]**2 * ho * wo * x.element_size()
+    budget = _CUDA_CHUNK_BYTES if x.device.type == 'cuda' else _CPU_CHUNK_BYTES
+    chunk = max(1, min(b, budget // max(per_image, 1)))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, offset, mask, weight))
+    outs = []
+    # split (not slicing): its backward concatenates the chunks' gradients instead of adding full-size zeros
+    for xs, os_, ms in zip(x.split(chunk), offset.split(chunk), mask.split(chunk)):
+        args = (xs, os_, ms, weight, stride, padding, dilation)
+        outs.append(checkpoint(_dcn_fast_chunk, *args, use_reentrant=False) if grad else _dcn_fast_chunk(*args))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if bias is not None:
+        out = out + bias.view(1, cout, 1)
+    return out.view(b, cout, ho, wo)
+
+
 def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
-                            bias: torch.Tensor | None, stride: int = 1, padding: int = 1,
-                            dilation: int = 1) -> torch.Tensor:
-    """DCNv2 via ``torchvision.ops.deform_conv2d``, computed in float32 with autocast off.
+                            bias: torch.Tensor | None, stride: int = 1, padding: int = 1, dilation: int = 1,
+                            impl: str = 'auto') -> torch.Tensor:
+    """Modulated deformable convolution (DCNv2), computed in float32 with autocast off.
 
     Args:
         x: (B, Cin, H, W) input.
@@ -80,10 +170,14 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
         mask: (B, G·k², H', W') modulation, channel 9g + t (for k = 3).
         weight: (Cout, Cin, k, k), ungrouped.
         bias: (Cout,) or None.
+        impl: 'reference' = ``torchvision.ops.deform_conv2d``; 'fast' = bilinear sampling (``grid_sample``) of
+            the taps and one matrix product, equal to it up to float rounding (the bilinear weights are computed
+            in a different order); 'auto' = 'fast'.
 
     Returns:
         (B, Cout, H', W') in the dtype of ``x``.
     """
+    impl = resolve_impl(impl, x.device)
     dtype = x.dtype
     with _no_autocast(x.device):
         offset = _fp32(offset)
@@ -91,10 +185,15 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
         # produces. Offsets beyond ``bound`` sample only zero padding, so clamping them there changes nothing;
         # a NaN offset is neutralised for the kernel and then put back into the output (offset.sum() * 0), so a
         # diverged step still shows as NaN to the loss and the non-finite-gradient guard instead of a crash.
+        # Both implementations do this, so they agree on such inputs too.
         bound = 2.0 * (max(x.shape[-2:]) + padding + dilation * weight.shape[-1])
         safe = torch.nan_to_num(offset, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
-        out = deform_conv2d(_fp32(x), safe, _fp32(weight), None if bias is None else _fp32(bias),
-                            stride=stride, padding=padding, dilation=dilation, mask=_fp32(mask))
+        args = (_fp32(x), safe, _fp32(mask), _fp32(weight), None if bias is None else _fp32(bias))
+        if impl == 'fast':
+            out = _modulated_deform_conv2d_fast(*args, stride, padding, dilation)
+        else:
+            out = deform_conv2d(args[0], args[1], args[3], args[4], stride=stride, padding=padding,
+                                dilation=dilation, mask=args[2])
         out = out + offset.sum() * 0
     return out.to(dtype)
 
@@ -104,8 +203,10 @@ class _ModulatedDCN(nn.Module):
     """Parameters shared by the two DCN packs: ``weight``, ``bias`` and a zero-initialised ``conv_offset_mask``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
-                 dilation: int = 1, deformable_groups: int = 8) -> None:
+                 dilation: int = 1, deformable_groups: int = 8, impl: str = 'auto') -> None:
         super().__init__()
+        resolve_impl(impl, 'cpu')
+        self.impl = impl  # see modulated_deform_conv2d; an attribute, so it can be switched on a built model
         if in_channels % deformable_groups:
             raise ValueError(f'in_channels ({in_channels}) must be divisible by deformable_groups '
                              f'({deformable_groups})')
@@ -143,11 +244,11 @@ class _ModulatedDCN(nn.Module):
 
     def _deform(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
-                                       self.dilation)
+                                       self.dilation, impl=self.impl)
 
     def extra_repr(self) -> str:
         return f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, ' \
-               f'padding={self.padding}, deformable_groups={self.deformable_groups}'
+               f'padding={self.padding}, deformable_groups={self.deformable_groups}, impl={self.impl}'
 
 
 class DCNSep(_ModulatedDCN):
@@ -173,12 +274,13 @@ class FlowGuidedDCN(_ModulatedDCN):
 
     Args:
         max_residue_magnitude: bound of the learned residual offset, in pixels. Default: 10.
-        Others: as for the plain modulated DCN (in/out channels, kernel 3, stride 1, padding 1, 8 groups).
+        Others: as for the plain modulated DCN (in/out channels, kernel 3, stride 1, padding 1, 8 groups, impl).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
-                 dilation: int = 1, deformable_groups: int = 8, max_residue_magnitude: float = 10.0) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, deformable_groups)
+                 dilation: int = 1, deformable_groups: int = 8, max_residue_magnitude: float = 10.0,
+                 impl: str = 'auto') -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, deformable_groups, impl)
         self.max_residue_magnitude = max_residue_magnitude
 
     def forward(self, x: torch.Tensor, fea: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -187,8 +289,10 @@ class FlowGuidedDCN(_ModulatedDCN):
         with _no_autocast(x.device):
             o1, o2, m = self._offset_mask(fea)
             offset = self.max_residue_magnitude * torch.tanh(torch.cat((o1, o2), dim=1))  # (B, 2·G·k², H, W)
+            b, c2, h, w = offset.shape
             flow = flow.flip(1).to(offset.dtype)  # (dx, dy) -> (dy, dx)
-            offset = offset + flow.repeat(1, offset.shape[1] // 2, 1, 1)
+            # + flow on every (dy, dx) channel pair: a broadcast, the same sums as adding flow.repeat(1, G·k², 1, 1)
+            offset = (offset.view(b, c2 // 2, 2, h, w) + flow.unsqueeze(1)).view(b, c2, h, w)
             out = self._deform(_fp32(x), offset, torch.sigmoid(m))
         return out.to(dtype)
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from codes.archs.arch_util import DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights
-from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, compute_shift_mask
+from codes.archs.arch_util import IMPLS, DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights
+from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, WindowAttention, shift_mask
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['BSRT', 'FlowGuidedPCDAlign', 'convert_bsrt_checkpoint', 'BSRT_LEVELS']
@@ -151,13 +151,20 @@ class BSRT(nn.Module):
         drop_path_rate: stochastic depth, linspace(0, rate) over all Swin blocks (pre_layers first).
         spynet_path: optional SpyNet weight file (``{'params': ...}``, Sintel-final); never downloaded.
         use_checkpoint: gradient checkpointing per Swin block (saves memory, costs a recompute).
+        impl: 'auto' (default), 'fast' or 'reference'. 'reference' runs the DCNs with
+            ``torchvision.ops.deform_conv2d`` and the window attention as an explicit softmax (the original's
+            operators); 'fast' runs the DCNs as ``grid_sample`` of the taps plus one matrix product and the
+            attention through ``scaled_dot_product_attention``. Same weights, same function: outputs agree to float
+            rounding (~1e-6 relative in fp32). 'auto' picks 'fast' on every device. See :meth:`set_impl`.
     """
 
     def __init__(self, level: str | None = 'S', embed_dim: int | None = None, depths: Sequence[int] | None = None,
                  num_heads: Sequence[int] | int | None = None, window_size: int = 8, mlp_ratio: float = 2.0,
                  burst_size: int = 14, num_feat: int = 64, deformable_groups: int = 8, drop_path_rate: float = 0.1,
-                 spynet_path: str | None = None, use_checkpoint: bool = False) -> None:
+                 spynet_path: str | None = None, use_checkpoint: bool = False, impl: str = 'auto') -> None:
         super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"option 'impl': expected one of {', '.join(IMPLS)}, got {impl!r}")
         embed_dim, depths, heads = self._resolve_hparams(level, embed_dim, depths, num_heads)
         self._validate(embed_dim, depths, heads, window_size, mlp_ratio, burst_size, num_feat, deformable_groups,
                        drop_path_rate)
@@ -214,6 +221,7 @@ class BSRT(nn.Module):
         self.lrelu = nn.LeakyReLU(0.1)
 
         self.apply(self._init_weights)
+        self.set_impl(impl)
         if spynet_path is not None:
             if not Path(spynet_path).is_file():
                 raise FileNotFoundError(f"option 'network_g.spynet_path': SpyNet weight file not found: "
@@ -280,6 +288,16 @@ class BSRT(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def set_impl(self, impl: str) -> 'BSRT':
+        """Switch the DCN and attention implementation ('auto', 'fast', 'reference') in place; weights unchanged."""
+        if impl not in IMPLS:
+            raise ValueError(f"impl: expected one of {', '.join(IMPLS)}, got {impl!r}")
+        self.impl = impl
+        for m in self.modules():
+            if isinstance(m, (WindowAttention, FlowGuidedDCN, DCNSep)):
+                m.impl = impl
+        return self
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay (the relative position bias tables)."""
         return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
@@ -323,7 +341,7 @@ class BSRT(nn.Module):
         # shallow per-frame features at packed size
         feat = act(self.conv_first(frames))  # (B*N, C, h, w)
         tokens = self.patch_embed(feat)  # (B*N, h*w, C)
-        mask = compute_shift_mask(h, w, self.window_size, self.window_size // 2, x.device)
+        mask = shift_mask(h, w, self.window_size, self.window_size // 2, x.device)
         for blk in self.pre_layers:
             tokens = blk(tokens, (h, w), mask)
         feat = self.patch_unembed(self.pre_norm(tokens), (h, w))  # (B*N, C, h, w)
@@ -346,7 +364,7 @@ class BSRT(nn.Module):
 
         # deep features at raw size
         tokens = self.patch_embed(x0)  # (B, H*W, C)
-        mask = compute_shift_mask(hr, wr, self.window_size, self.window_size // 2, x.device)
+        mask = shift_mask(hr, wr, self.window_size, self.window_size // 2, x.device)
         for layer in self.layers:
             tokens = layer(tokens, (hr, wr), mask)
         t = self.patch_unembed(self.norm(tokens), (hr, wr))  # (B, C, H, W)

@@ -5,7 +5,13 @@ turn follows Swin (Liu et al., ICCV 2021), restricted to what BSRT needs (``docs
 
 * window and shift are fixed at construction (8 and 4 in BSRT), independent of the input size;
 * the relative position index is a persistent buffer (the official BSRT checkpoints carry it);
-* the shifted-window mask is computed on the fly from the actual feature size, never stored;
+* the shifted-window mask is computed from the actual feature size, never stored in the state_dict; it is built once
+  per (size, device) and then reused (:func:`shift_mask`);
+* attention has implementations of the same function (``impl``): the original's explicit
+  softmax(q·kᵀ·scale + bias + mask)·v ('reference', the test oracle); ``scaled_dot_product_attention`` with the
+  relative position bias and the shift mask as one additive mask ('fast'); and 'auto' (the default), which is
+  'fast' except when training on CPU, where the fused kernel cannot give the bias table its gradient and the
+  generic fallback is slower than the explicit product with the one pre-added mask;
 * no dropout (all rates are 0 in BSRT) apart from stochastic depth (``DropPath``);
 * ``PatchEmbed``/``PatchUnEmbed`` are patch size 1 (one token per pixel).
 
@@ -17,11 +23,12 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     'drop_path', 'DropPath', 'Mlp', 'window_partition', 'window_reverse', 'relative_position_index',
-    'compute_shift_mask', 'WindowAttention', 'SwinTransformerBlock', 'BasicLayer', 'RSTB', 'PatchEmbed',
+    'compute_shift_mask', 'shift_mask', 'WindowAttention', 'SwinTransformerBlock', 'BasicLayer', 'RSTB', 'PatchEmbed',
     'PatchUnEmbed'
 ]
 
@@ -85,6 +92,29 @@ def compute_shift_mask(h: int, w: int, window_size: int, shift_size: int,
     return torch.zeros_like(diff).masked_fill_(diff != 0, -100.0)
 
 
+_SHIFT_MASKS: dict[tuple, torch.Tensor] = {}
+
+
+def shift_mask(h: int, w: int, window_size: int, shift_size: int,
+               device: torch.device | str | None = None) -> torch.Tensor | None:
+    """:func:`compute_shift_mask`, built once per (size, window, shift, device) and then reused; do not modify it."""
+    if shift_size == 0:
+        return None
+    key = (h, w, window_size, shift_size, str(torch.device(device) if device is not None else 'cpu'))
+    mask = _SHIFT_MASKS.get(key)
+    if mask is None:
+        if len(_SHIFT_MASKS) >= 64:  # many sizes (e.g. tiled inference): keep the cache small
+            _SHIFT_MASKS.clear()
+        mask = _SHIFT_MASKS[key] = compute_shift_mask(h, w, window_size, shift_size, device)
+    return mask
+
+
+def _check_impl(impl: str) -> str:
+    if impl not in ('auto', 'fast', 'reference'):
+        raise ValueError(f"impl must be one of auto, fast, reference, got {impl!r}")
+    return impl
+
+
 # ----------------------------------------------------------------------------------------------------- blocks
 class DropPath(nn.Module):
     """Stochastic depth per sample (timm style); the identity in eval mode."""
@@ -122,11 +152,14 @@ class WindowAttention(nn.Module):
         num_heads: number of heads; must divide ``dim``.
         qkv_bias: add a bias to the q, k, v projections.
         qk_scale: logit scale; None means head_dim ** -0.5.
+        impl: 'reference' (explicit softmax), 'fast' (``scaled_dot_product_attention``) or 'auto' (see the module
+            docstring).
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
-                 qk_scale: float | None = None) -> None:
+                 qk_scale: float | None = None, impl: str = 'auto') -> None:
         super().__init__()
+        self.impl = _check_impl(impl)  # an attribute, so it can be switched on a built model
         if dim % num_heads:
             raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
         self.dim = dim
@@ -144,22 +177,35 @@ class WindowAttention(nn.Module):
         b_, n, c = x.shape
         qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW, heads, N, d)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*nW, heads, N, N)
-
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, -1).permute(2, 0, 1)  # (heads, N, N)
-        attn = attn + bias.unsqueeze(0)
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = attn.view(b_ // nw, nw, self.num_heads, n, n) + mask[None, :, None]
-            attn = attn.view(b_, self.num_heads, n, n)
-        attn = attn.softmax(dim=-1)
+        impl = _check_impl(self.impl)
+        if impl == 'reference':  # the original's operations, in its order: the test oracle
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*nW, heads, N, N)
+            attn = attn + bias.unsqueeze(0)
+            if mask is not None:
+                nw = mask.shape[0]
+                attn = attn.view(b_ // nw, nw, self.num_heads, n, n) + mask[None, :, None]
+                attn = attn.view(b_, self.num_heads, n, n)
+            attn = attn.softmax(dim=-1)
+            x = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(b_, n, c)  # heads concatenated in order
+            return self.proj(x)
 
-        x = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(b_, n, c)  # heads concatenated in order
-        return self.proj(x)
+        # one additive mask: bias (heads, N, N) + shift mask (nW, 1, N, N), shared by the images of the batch
+        nw = 1 if mask is None else mask.shape[0]
+        attn_mask = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
+        q, k, v = (t.view(b_ // nw, nw, self.num_heads, n, c // self.num_heads) for t in (q, k, v))
+        if impl == 'fast' or q.device.type != 'cpu' or not (torch.is_grad_enabled() and attn_mask.requires_grad):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), scale=self.scale)
+        else:
+            # 'auto' when training on CPU: its fused attention kernel has no gradient for an additive mask, and the
+            # generic fallback was 3x slower than these three operations (softmax(q·kᵀ·scale + mask)·v)
+            attn = torch.matmul(q * self.scale, k.transpose(-2, -1)) + attn_mask
+            out = torch.matmul(attn.softmax(dim=-1).to(v.dtype), v)
+        return self.proj(out.reshape(b_, self.num_heads, n, -1).transpose(1, 2).reshape(b_, n, c))
 
     def extra_repr(self) -> str:
-        return f'dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}'
+        return f'dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, impl={self.impl}'
 
 
 class SwinTransformerBlock(nn.Module):
@@ -197,7 +243,7 @@ class SwinTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, x_size: tuple[int, int], attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, H*W, C) tokens of an (H, W) grid; attn_mask: the shift mask for (H, W), computed if None."""
         if self.shift_size > 0 and attn_mask is None:
-            attn_mask = compute_shift_mask(*x_size, self.window_size, self.shift_size, x.device)
+            attn_mask = shift_mask(*x_size, self.window_size, self.shift_size, x.device)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(self._forward, x, x_size, attn_mask, use_reentrant=False)
         return self._forward(x, x_size, attn_mask)
@@ -259,7 +305,7 @@ class BasicLayer(nn.Module):
     def forward(self, x: torch.Tensor, x_size: tuple[int, int], attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, H*W, C); attn_mask: the shift mask for (H, W), computed once here if None."""
         if attn_mask is None and len(self.blocks) > 1:
-            attn_mask = compute_shift_mask(*x_size, self.window_size, self.shift_size, x.device)
+            attn_mask = shift_mask(*x_size, self.window_size, self.shift_size, x.device)
         for blk in self.blocks:
             x = blk(x, x_size, attn_mask)
         return x
