@@ -1,9 +1,9 @@
-"""Training-step throughput of BSRT: forward + L1 loss + backward + Adam step, per level and precision.
+"""Training-step throughput of BSRT (or any burst network, ``--arch``): forward + L1 + backward + Adam step.
 
 Usage (from the repository root)::
 
-    python benchmarks/train_step.py [--levels S L] [--precisions fp32 bf16 fp16] [--batch 1] [--burst 14]
-                                    [--patch 256] [--steps 5] [--warmup 2] [--device auto|cpu|cuda]
+    python benchmarks/train_step.py [--arch BSRT|EBSR] [--levels S L] [--precisions fp32 bf16 fp16] [--batch 1]
+                                    [--burst 14] [--patch 256] [--steps 5] [--warmup 2] [--device auto|cpu|cuda]
                                     [--json OUT.json]
 
 ``--patch`` is the HR (output) size, as BSRT's ``--patch_size`` on synthetic data: the input is a random
@@ -87,7 +87,8 @@ def _measure(level: str, precision: str, device: torch.device, args: argparse.Na
     """Build the model and time ``args.steps`` training steps after ``args.warmup`` untimed ones."""
     dtype = DTYPES[precision]
     torch.manual_seed(0)
-    model = build_network({'type': 'BSRT', 'level': level, 'burst_size': args.burst}).to(device).train()
+    net_opt = {'type': 'BSRT', 'level': level} if args.arch == 'BSRT' else {'type': args.arch}
+    model = build_network({**net_opt, 'burst_size': args.burst}).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
     loss_fn = build_loss({'type': 'L1Loss'})
     scaler = torch.amp.GradScaler('cuda', enabled=precision == 'fp16' and device.type == 'cuda')
@@ -171,6 +172,8 @@ def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--levels', nargs='+', default=['S', 'L'], choices=['S', 'L'])
+    p.add_argument('--arch', default='BSRT', help="registered network type: BSRT (one row per --levels entry) or "
+                   "another burst network such as EBSR, built with its defaults and --burst frames")
     p.add_argument('--precisions', nargs='+', default=['fp32', 'bf16', 'fp16'], choices=list(DTYPES))
     p.add_argument('--batch', type=int, default=1)
     p.add_argument('--burst', type=int, default=14)
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device)
     info = machine_info(device)
     rows = []
-    for level in args.levels:
+    for level in (args.levels if args.arch == 'BSRT' else [args.arch]):  # the level column names the network
         for precision in args.precisions:
             rows.append(run_config(level, precision, device, args))
             print(f'done: {level} {precision}', file=sys.stderr, flush=True)
