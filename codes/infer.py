@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -329,9 +328,9 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
     kind = opt['input_kind']
     if kind == 'image':
         raise OptionError('input_kind', "'image' is for DCLS; a BSRT takes bursts (png, raw or burstsr)")
-    with _input_errors(opt, 'BSRT'):
+    with _input_errors(opt, type(net).__name__):
         jobs = find_bursts(opt['input'], kind)
-    multiple = math.lcm(net.window_size, 2)
+    multiple, min_size = net.input_size_rule  # packed h, w: (multiple, minimum) the network takes
     call = _network_call(net, device, opt['precision'])
     records = [] if records is None else records
     suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
@@ -346,13 +345,12 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
                 logger.warning('%s: %s', path, message)
             x = burst.frames[idx][None]  # (1, N, 4, h, w)
             h, w = x.shape[-2:]
-            # packed h, w: multiples of the window (and even); > 16 for SpyNet's coarsest level
-            check_memory(tiled_memory_bytes((h, w), 3, 8, opt['tile'], opt['tile_overlap'], multiple, 17),
+            check_memory(tiled_memory_bytes((h, w), 3, 8, opt['tile'], opt['tile_overlap'], multiple, min_size),
                          f'{path}: its {8 * w}x{8 * h} output', hint=MEMORY_HINT)
             srgb_path = out_dir / f'{burst.name}_srgb.png'
             lin_path = out_dir / f'{burst.name}_linear{suffix}' if opt['save_linear'] else None
             start = time.time()
-            rows = tiled_forward_rows(call, x, 8, opt['tile'], opt['tile_overlap'], multiple=multiple, min_size=17,
+            rows = tiled_forward_rows(call, x, 8, opt['tile'], opt['tile_overlap'], multiple=multiple, min_size=min_size,
                                       progress=tiles_bar)
             render = burst.render
             stream_outputs(rows, (8 * h, 8 * w), srgb_path, lin_path, partial(_render_band, render),
@@ -480,7 +478,7 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
 
 
 RUNNERS: dict[str, Callable[..., list[dict]]] = {
-    'BSRT': run_bursts, 'DCLS': run_images}
+    'BSRT': run_bursts, 'EBSR': run_bursts, 'DCLS': run_images}
 
 
 def _dry_run(opt: dict) -> None:

@@ -21,6 +21,11 @@ def _is_bsrt(sd: Mapping[str, torch.Tensor]) -> bool:
         k.startswith('spynet.') for k in sd) and any(k.startswith('align.') for k in sd)
 
 
+def _is_ebsr(sd: Mapping[str, torch.Tensor]) -> bool:
+    return 'conv_first.weight_v' in sd and any(k.startswith('pcd_align.') for k in sd) and any(
+        k.startswith('recon_trunk.') for k in sd)
+
+
 def _is_dcls(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith('Restorer.') for k in sd) and any(k.startswith('Estimator.') for k in sd)
 
@@ -56,6 +61,18 @@ def _bsrt_options(sd: Mapping[str, torch.Tensor]) -> dict:
     return opts
 
 
+def _ebsr_options(sd: Mapping[str, torch.Tensor]) -> dict:
+    """EBSR hyper-parameters from the shapes (one non-local block pair per frame, LRSC groups of blocks)."""
+    nf = int(sd['conv_first.weight_v'].shape[0])
+    non_local = any(k.startswith('fusion.non_local_T.') for k in sd)
+    burst_size = (_count(sd, r'fusion\.non_local_T\.(\d+)\.') if non_local
+                  else int(sd['fusion.weight_v'].shape[1]) // nf)
+    return {'type': 'EBSR', 'n_feats': nf, 'n_resblocks': _count(sd, r'recon_trunk\.0\.0\.body\.(\d+)\.'),
+            'n_resgroups': _count(sd, r'recon_trunk\.0\.(\d+)\.'), 'burst_size': burst_size,
+            'non_local': non_local, 'front_RBs': _count(sd, r'feature_extraction\.(\d+)\.'),
+            'deformable_groups': int(sd['pcd_align.L1_dcnpack.conv_offset_mask.weight'].shape[0]) // (3 * 9)}
+
+
 def _dcls_options(sd: Mapping[str, torch.Tensor]) -> dict:
     """DCLS hyper-parameters from the shapes (``dcls.md`` §1-3, §7)."""
     from codes.archs.dcls_arch import Estimator, FILTER_STRUCTURES
@@ -84,12 +101,13 @@ def _dcls_options(sd: Mapping[str, torch.Tensor]) -> dict:
 FAMILIES: dict[str, tuple[Callable[[Mapping[str, torch.Tensor]], bool],
                           Callable[[Mapping[str, torch.Tensor]], dict] | None]] = {
     'BSRT': (_is_bsrt, _bsrt_options),
+    'EBSR': (_is_ebsr, _ebsr_options),
     'DCLS': (_is_dcls, _dcls_options),
 }
 
 
 def detect_family(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """'BSRT', 'DCLS' or None, from the key names of a bare state_dict."""
+    """'BSRT', 'EBSR', 'DCLS' or None, from the key names of a bare state_dict."""
     for name, (recognise, _) in FAMILIES.items():
         if recognise(sd):
             return name

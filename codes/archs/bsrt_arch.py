@@ -24,9 +24,9 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from codes.archs.arch_util import IMPLS, DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights
+from codes.archs.burst_blocks import BurstHeadMixin, up2
 from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, WindowAttention, shift_mask
 from codes.utils.registry import ARCH_REGISTRY
 
@@ -37,11 +37,6 @@ BSRT_LEVELS: dict[str, dict] = {
     'S': dict(embed_dim=60, depths=(6, 6, 6, 6, 6), num_heads=6),
     'L': dict(embed_dim=180, depths=(6, 8, 8, 8, 8, 8, 8), num_heads=6),
 }
-
-
-def _up2(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear ×2, align_corners=False."""
-    return F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
 
 
 def convert_bsrt_checkpoint(state_dict: Mapping, param_key: str = 'params') -> 'OrderedDict[str, torch.Tensor]':
@@ -115,16 +110,16 @@ class FlowGuidedPCDAlign(nn.Module):
         f3 = act(self.L3_dcnpack(nbr[2], o3, flows[2]))
         # level 2 (1/2)
         o2 = act(self.L2_offset_conv1(torch.cat((warped[1], ref[1], flows[1].to(ref[1].dtype)), dim=1)))
-        o2 = act(self.L2_offset_conv2(torch.cat((o2, 2 * _up2(o3)), dim=1)))
+        o2 = act(self.L2_offset_conv2(torch.cat((o2, 2 * up2(o3)), dim=1)))
         o2 = act(self.L2_offset_conv3(o2))
         f2 = self.L2_dcnpack(nbr[1], o2, flows[1])
-        f2 = act(self.L2_fea_conv(torch.cat((f2, _up2(f3)), dim=1)))
+        f2 = act(self.L2_fea_conv(torch.cat((f2, up2(f3)), dim=1)))
         # level 1 (full)
         o1 = act(self.L1_offset_conv1(torch.cat((warped[0], ref[0], flows[0].to(ref[0].dtype)), dim=1)))
-        o1 = act(self.L1_offset_conv2(torch.cat((o1, 2 * _up2(o2)), dim=1)))
+        o1 = act(self.L1_offset_conv2(torch.cat((o1, 2 * up2(o2)), dim=1)))
         o1 = act(self.L1_offset_conv3(o1))
         f1 = self.L1_dcnpack(nbr[0], o1, flows[0])
-        f1 = self.L1_fea_conv(torch.cat((f1, _up2(f2)), dim=1))  # no activation
+        f1 = self.L1_fea_conv(torch.cat((f1, up2(f2)), dim=1))  # no activation
         # cascade
         oc = act(self.cas_offset_conv1(torch.cat((f1, ref[0]), dim=1)))
         oc = act(self.cas_offset_conv2(oc))
@@ -133,7 +128,7 @@ class FlowGuidedPCDAlign(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------- network
 @ARCH_REGISTRY.register()
-class BSRT(nn.Module):
+class BSRT(BurstHeadMixin, nn.Module):
     """BSRT burst super-resolution network (×4 of the raw mosaic, ×8 of the packed input).
 
     Args:
@@ -303,6 +298,11 @@ class BSRT(nn.Module):
         return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
 
     # ------------------------------------------------------------------ forward
+    @property
+    def input_size_rule(self) -> tuple[int, int]:
+        """(multiple, minimum) of the packed input's h and w (see :meth:`check_input`)."""
+        return math.lcm(self.window_size, 2), 17
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ``ValueError`` explaining why ``x`` cannot go through this model."""
         if x.ndim != 5 or x.shape[2] != 4:
@@ -330,8 +330,7 @@ class BSRT(nn.Module):
         frames = x.reshape(b * n, 4, h, w)
 
         # skip branch on the reference frame
-        skip1 = act(self.pixel_shuffle(self.skipup1(self.skip_pixel_shuffle(x[:, 0]))))  # (B, F, 2H, 2W)
-        skip2 = self.pixel_shuffle(self.skipup2(skip1))  # (B, 3, 4H, 4W)
+        skip1, skip2 = self.skip_branch(self.skip_pixel_shuffle(x[:, 0]), act)  # (B, F, 2H, 2W), (B, 3, 4H, 4W)
 
         # flow branch: pseudo-RGB of every frame, SpyNet from frame 0 to each frame (frame 0 included)
         pseudo = self.conv_flow(self.flow_ps(frames)).view(b, n, 3, hr, wr)
@@ -347,15 +346,8 @@ class BSRT(nn.Module):
         feat = self.patch_unembed(self.pre_norm(tokens), (h, w))  # (B*N, C, h, w)
         l1 = self.mid_ps(self.conv_after_pre_layer(feat))  # (B*N, F, H, W)
 
-        # feature pyramid + FPN
-        l2 = act(self.fea_L2_conv1(l1))  # (B*N, 2F, H/2, W/2)
-        l3 = act(self.fea_L3_conv1(l2))  # (B*N, 4F, H/4, W/4)
-        l3 = act(self.toplayer(l3))  # (B*N, F, H/4, W/4)
-        l2 = self.smooth1(_up2(l3) + self.latlayer1(l2))
-        l1 = self.smooth2(_up2(l2) + self.latlayer2(l1))
-
-        # alignment of all frames to frame 0, batched over frames (each op is per sample)
-        nbr = [l1, l2, l3]
+        # feature pyramid + FPN, then alignment of all frames to frame 0, batched over frames (each op is per sample)
+        nbr = self.feature_pyramid(l1, act)  # [L1, L2, L3]: F channels at H, H/2, H/4
         ref = [f.view(b, n, *f.shape[1:])[:, :1].expand(-1, n, -1, -1, -1).reshape(f.shape) for f in nbr]
         aligned = self.align(nbr, ref, flows)  # (B*N, F, H, W)
 
@@ -370,8 +362,4 @@ class BSRT(nn.Module):
         t = self.patch_unembed(self.norm(tokens), (hr, wr))  # (B, C, H, W)
         x1 = act(self.conv_after_body(t)) + x0
 
-        # ×4 upsampling with the skip branch
-        u = act(self.pixel_shuffle(self.upconv1(x1))) + skip1  # (B, F, 2H, 2W)
-        u = act(self.pixel_shuffle(self.upconv2(u)))  # (B, F, 4H, 4W)
-        u = act(self.HRconv(u))
-        return self.conv_last(u) + skip2  # (B, 3, 4H, 4W) = (B, 3, 8h, 8w)
+        return self.upsample(x1, skip1, skip2, act)  # ×4 with the skip branch: (B, 3, 4H, 4W) = (B, 3, 8h, 8w)
