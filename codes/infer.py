@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from contextlib import nullcontext
@@ -235,12 +234,12 @@ def _network_call(net: nn.Module, device: torch.device, precision: str) -> Calla
 
 # ------------------------------------------------------------------------------------------------- runners
 def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -> list[dict]:
-    """BSRT on every burst under ``opt['input']``; returns one record per burst."""
+    """A burst network (BSRT, Burstormer) on every burst under ``opt['input']``; returns one record per burst."""
     kind = opt['input_kind']
     if kind == 'image':
         raise OptionError('input_kind', "'image' is for DCLS; a BSRT takes bursts (png, raw or burstsr)")
     jobs = find_bursts(opt['input'], kind)
-    multiple = math.lcm(net.window_size, 2)
+    multiple, min_size = net.input_multiple, net.min_input_size
     call = _network_call(net, device, opt['precision'])
     records = []
     suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
@@ -254,8 +253,8 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
                 logger.warning('%s: %s', path, message)
             x = burst.frames[idx][None]  # (1, N, 4, h, w)
             start = time.time()
-            # packed h, w: multiples of the window (and even); > 16 for SpyNet's coarsest level
-            out = tiled_forward(call, x, 8, opt['tile'], opt['tile_overlap'], multiple=multiple, min_size=17,
+            # packed h, w: the network's size rule (BSRT: window multiples, > 16 for SpyNet; Burstormer: 4)
+            out = tiled_forward(call, x, 8, opt['tile'], opt['tile_overlap'], multiple=multiple, min_size=min_size,
                                 progress=tiles_bar)[0]
             record = {'input': str(path), 'kind': kind_i, 'frames': len(burst.files), 'frames_used': idx,
                       'frame_rule': message, 'input_size': list(x.shape[-2:]), 'output_size': list(out.shape[-2:]),
@@ -375,7 +374,7 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path) -
 
 
 RUNNERS: dict[str, Callable[[nn.Module, dict, torch.device, Path], list[dict]]] = {
-    'BSRT': run_bursts, 'DCLS': run_images}
+    'BSRT': run_bursts, 'DCLS': run_images, 'Burstormer': run_bursts}
 
 
 def infer_pipeline(argv: list[str] | None = None) -> list[dict]:

@@ -285,6 +285,14 @@ class BSRT(nn.Module):
         return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
 
     # ------------------------------------------------------------------ forward
+    #: packed h and w must exceed 16: SpyNet's coarsest level (1/32 of the raw mosaic) must be at least 2x2.
+    min_input_size = 17
+
+    @property
+    def input_multiple(self) -> int:
+        """Packed h and w must be multiples of this (the Swin window, and even)."""
+        return math.lcm(self.window_size, 2)
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ``ValueError`` explaining why ``x`` cannot go through this model."""
         if x.ndim != 5 or x.shape[2] != 4:
