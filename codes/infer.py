@@ -92,7 +92,7 @@ def build_infer_arg_parser() -> argparse.ArgumentParser:
     p.add_argument('--arch', choices=sorted(FAMILIES), help='architecture of the weights (default: read from them)')
     p.add_argument('--level', choices=['S', 'L'], help='BSRT level (published hyper-parameters)')
     p.add_argument('--burst-size', '--burst_size', type=int, dest='burst_size',
-                   help='BSRT burst size the weights were trained for (default: read from them)')
+                   help='burst size the weights were trained for (BSRT default: read from them; Burstormer: 14)')
     p.add_argument('--param-key', '--param_key', choices=['auto', 'params', 'params_ema'], dest='param_key',
                    help="which weights of our checkpoints: 'auto' (default) takes params_ema when present")
     p.add_argument('--input-kind', '--input_kind', choices=INPUT_KINDS, dest='input_kind',
@@ -135,8 +135,10 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
         raise OptionError('tile_overlap', f'must be >= 0, got {opt["tile_overlap"]}', file)
     opt['arch'] = {k: v for k, v in (('type', args.arch), ('level', args.level), ('burst_size', args.burst_size))
                    if v is not None}
-    if (args.level or args.burst_size) and args.arch != 'BSRT':
-        raise OptionError('arch', '--level and --burst-size are BSRT hyper-parameters: they need --arch BSRT')
+    if args.level and args.arch != 'BSRT':
+        raise OptionError('arch', '--level is a BSRT hyper-parameter: you need --arch BSRT')
+    if args.burst_size and args.arch not in ('BSRT', 'Burstormer'):
+        raise OptionError('arch', '--burst-size needs --arch BSRT or --arch Burstormer')
     opt['opt_file'] = file
     return opt, args
 
