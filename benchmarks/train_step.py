@@ -1,8 +1,10 @@
-"""Training-step throughput of BSRT: forward + L1 loss + backward + Adam step, per level and precision.
+"""Training-step throughput of BSRT (or any registered burst network with ``--arch NAME [--arch-opt K=V ...]``):
+forward + L1 loss + backward + Adam step, per level and precision.
 
 Usage (from the repository root)::
 
-    python benchmarks/train_step.py [--levels S L] [--precisions fp32 bf16 fp16] [--batch 1] [--burst 14]
+    python benchmarks/train_step.py [--levels S L | --arch Burstormer --arch-opt track=real]
+                                    [--precisions fp32 bf16 fp16] [--batch 1] [--burst 14]
                                     [--patch 256] [--steps 5] [--warmup 2] [--device auto|cpu|cuda]
                                     [--json OUT.json]
 
@@ -87,7 +89,7 @@ def _measure(level: str, precision: str, device: torch.device, args: argparse.Na
     """Build the model and time ``args.steps`` training steps after ``args.warmup`` untimed ones."""
     dtype = DTYPES[precision]
     torch.manual_seed(0)
-    model = build_network({'type': 'BSRT', 'level': level, 'burst_size': args.burst}).to(device).train()
+    model = build_network(network_options(level, args)).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
     loss_fn = build_loss({'type': 'L1Loss'})
     scaler = torch.amp.GradScaler('cuda', enabled=precision == 'fp16' and device.type == 'cuda')
@@ -121,6 +123,20 @@ def _measure(level: str, precision: str, device: torch.device, args: argparse.Na
     else:
         out.update(peak_mem_mib=peak_rss_mib(), mem_kind='process peak RSS')
     return out
+
+
+def network_options(level: str, args: argparse.Namespace) -> dict[str, object]:
+    """``network_g`` of a row: BSRT at ``level``, or ``--arch`` with its ``--arch-opt`` constructor options."""
+    if args.arch is None:
+        return {'type': 'BSRT', 'level': level, 'burst_size': args.burst}
+    import yaml
+    opts = {}
+    for item in args.arch_opt:
+        key, sep, value = item.partition('=')
+        if not sep:
+            raise SystemExit(f'--arch-opt expects KEY=VALUE, got {item!r}')
+        opts[key] = yaml.safe_load(value)
+    return {'type': args.arch, **opts}
 
 
 def run_config(level: str, precision: str, device: torch.device, args: argparse.Namespace) -> dict[str, object]:
@@ -171,6 +187,10 @@ def markdown(rows: list[dict[str, object]], info: dict[str, object]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--levels', nargs='+', default=['S', 'L'], choices=['S', 'L'])
+    p.add_argument('--arch', default=None, help='any registered network type (e.g. Burstormer) instead of the BSRT '
+                   'levels; the level column then shows NAME and its --arch-opt')
+    p.add_argument('--arch-opt', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='constructor options for --arch, values parsed as YAML (e.g. track=real)')
     p.add_argument('--precisions', nargs='+', default=['fp32', 'bf16', 'fp16'], choices=list(DTYPES))
     p.add_argument('--batch', type=int, default=1)
     p.add_argument('--burst', type=int, default=14)
@@ -202,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device)
     info = machine_info(device)
     rows = []
-    for level in args.levels:
+    levels = [' '.join([args.arch, *args.arch_opt])] if args.arch else args.levels
+    for level in levels:
         for precision in args.precisions:
             rows.append(run_config(level, precision, device, args))
             print(f'done: {level} {precision}', file=sys.stderr, flush=True)

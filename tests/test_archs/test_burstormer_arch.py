@@ -349,3 +349,30 @@ def test_mixed_precision_autocast(dtype: torch.dtype) -> None:
         loss = model(x).float().mean()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+class _LightningBookkeeping:
+    """Stands for an object in a Lightning checkpoint's bookkeeping that the safe loader refuses."""
+
+    def __init__(self) -> None:
+        self.monitor = 'val_psnr'
+
+
+def test_convert_script(tmp_path: Path) -> None:
+    from codes.scripts.convert_burstormer_checkpoint import convert_file
+    net = tiny('real')  # the released files have the real layout
+    ckpt = tmp_path / 'Burstormer.ckpt'
+    torch.save({'epoch': 292, 'state_dict': net.state_dict(), 'hyper_parameters': _LightningBookkeeping()}, ckpt)
+    with pytest.raises(CheckpointError, match=r'Burstormer\.ckpt: the safe loader .*refuses it.*--trust'):
+        convert_file(ckpt, tmp_path / 'out.pth')
+    want = {'type': 'Burstormer', 'track': 'real', 'num_features': 16, 'deformable_groups': 8}
+    assert convert_file(ckpt, tmp_path / 'out.pth', trust=True) == want
+    other = tiny('real', seed=1)
+    load_network(other, tmp_path / 'out.pth', strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), net.state_dict().values()))
+    pth = tmp_path / 'Burstormer.pth'
+    torch.save({'epoch': 24, 'model_state_dict': net.state_dict(), 'optimizer_state_dict': {}}, pth)
+    assert convert_file(pth, tmp_path / 'out2.pth') == want
+    torch.save({'epoch': 1, 'weights': net.state_dict()}, tmp_path / 'odd.pth')
+    with pytest.raises(CheckpointError, match=r"odd\.pth: not a Burstormer checkpoint.*\['epoch', 'weights'\]"):
+        convert_file(tmp_path / 'odd.pth', tmp_path / 'out3.pth')
