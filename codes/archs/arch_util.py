@@ -78,7 +78,8 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
         x: (B, Cin, H, W) input.
         offset: (B, 2·G·k², H', W'); channel 18g + 2t is Δy and 18g + 2t + 1 is Δx of offset group g, tap t.
         mask: (B, G·k², H', W') modulation, channel 9g + t (for k = 3).
-        weight: (Cout, Cin, k, k), ungrouped.
+        weight: (Cout, Cin / groups, k, k): ungrouped for BSRT; grouped (groups inferred from the shape, as
+            torchvision does) with dilation 2 for Burstormer.
         bias: (Cout,) or None.
 
     Returns:

@@ -71,8 +71,8 @@ class _Frames:
         return torch.cat((vx[:, :1], vy[:, 1:]), dim=1).reshape(y.shape)
 
     @staticmethod
-    def pairs(t: torch.Tensor, b: int) -> torch.Tensor:
-        """(b·n, C, H, W) -> (b·n/2, 2C, H, W): item k of a burst = cat[frame 2k, frame 2k + 1]."""
+    def pairs(t: torch.Tensor) -> torch.Tensor:
+        """(b·n, C, H, W) -> (b·n/2, 2C, H, W), n even: item k of a burst = cat[frame 2k, frame 2k + 1]."""
         return t.reshape(t.shape[0] // 2, 2 * t.shape[1], *t.shape[2:])
 
     @staticmethod
@@ -319,11 +319,11 @@ class NoRefBackProjection(nn.Module):
     def forward(self, z: torch.Tensor, b: int) -> torch.Tensor:
         """z: (b·n, F, H, W) with n even."""
         if self.track == 'synthetic':
-            e = self.encoder1(_Frames.pairs(z, b))
+            e = self.encoder1(_Frames.pairs(z))
             return 2 * e - self.feat_expand(self.feat_fusion(e))
         n = z.shape[0] // b
-        u = torch.cat((_Frames.pairs(z, b).view(b, n // 2, -1, *z.shape[2:]),
-                       _Frames.pairs(_Frames.roll(z, b), b).view(b, n // 2, -1, *z.shape[2:])), dim=1)
+        u = torch.cat((_Frames.pairs(z).view(b, n // 2, -1, *z.shape[2:]),
+                       _Frames.pairs(_Frames.roll(z, b)).view(b, n // 2, -1, *z.shape[2:])), dim=1)
         e = self.encoder1(u.reshape(b * n, 2 * z.shape[1], *z.shape[2:]))
         fu = self.feat_fusion(e)
         return fu + self.diff_fusion(e - self.feat_expand(fu))
