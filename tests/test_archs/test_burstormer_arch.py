@@ -376,3 +376,112 @@ def test_convert_script(tmp_path: Path) -> None:
     torch.save({'epoch': 1, 'weights': net.state_dict()}, tmp_path / 'odd.pth')
     with pytest.raises(CheckpointError, match=r"odd\.pth: not a Burstormer checkpoint.*\['epoch', 'weights'\]"):
         convert_file(tmp_path / 'odd.pth', tmp_path / 'out3.pth')
+
+
+# ----------------------------------------------------------------------------------------------------- oracle
+# A literal, functional transcription of the original forward (batch of one: ``burst = burst[0]``, the frame axis
+# as the batch axis, torchvision's deform_conv2d called directly, the in-place ``y[0] = x[0]``, nn.AdaptiveAvgPool1d
+# over the (1, h·w, n·F) tokens, Restormer's LayerNorm by its formula), written from the paper's code description.
+def _o_ln(sd, p, x):
+    b, c, h, w = x.shape
+    t = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    mu, var = t.mean(-1, keepdim=True), t.var(-1, keepdim=True, unbiased=False)
+    t = (t - mu) / torch.sqrt(var + 1e-5) * sd[f'{p}.body.weight'] + sd[f'{p}.body.bias']
+    return t.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _o_blocks(sd, p, x, heads=1):
+    for i in range(2):
+        q = f'{p}.{i}'
+        y = _o_ln(sd, f'{q}.norm1', x)
+        b, c, h, w = y.shape
+        qk = F.conv2d(F.conv2d(y, sd[f'{q}.attn.qk.weight']), sd[f'{q}.attn.qk_dwconv.weight'], padding=1,
+                      groups=2 * c)
+        v = F.conv2d(F.conv2d(y, sd[f'{q}.attn.v.weight']), sd[f'{q}.attn.v_dwconv.weight'], padding=1, groups=c)
+        qq, kk, vv = (t.reshape(b, heads, c // heads, h * w) for t in (*qk.chunk(2, 1), v))
+        a = F.normalize(qq, dim=-1) @ F.normalize(kk, dim=-1).transpose(-2, -1) * sd[f'{q}.attn.temperature']
+        x = x + F.conv2d((a.softmax(-1) @ vv).reshape(b, c, h, w), sd[f'{q}.attn.project_out.weight'])
+        y = F.conv2d(_o_ln(sd, f'{q}.norm2', x), sd[f'{q}.ffn.project_in.weight'])
+        y1, y2 = F.conv2d(y, sd[f'{q}.ffn.dwconv.weight'], padding=1, groups=y.shape[1]).chunk(2, 1)
+        x = x + F.conv2d(F.gelu(y1) * y2, sd[f'{q}.ffn.project_out.weight'])
+    return x
+
+
+def _o_conv(sd, p, x, act=False, stride=1):
+    y = F.conv2d(x, sd[f'{p}.weight'], sd.get(f'{p}.bias'), stride=stride, padding=1)
+    return F.gelu(y) if act else y
+
+
+def _o_up(sd, p, x):
+    return F.conv_transpose2d(x, sd[f'{p}.weight'], sd[f'{p}.bias'], stride=2, padding=1, output_padding=1)
+
+
+def _o_rep0(t):
+    return t[0:1].repeat_interleave(t.shape[0], dim=0)
+
+
+def _o_stage(sd, p, x, prev, track):
+    from torchvision.ops import deform_conv2d
+    of = _o_conv(sd, f'{p}.bottleneck.0', torch.cat([_o_rep0(x), x], 1), act=True)
+    if prev is not None:
+        of = _o_conv(sd, f'{p}.bottleneck_o.0', torch.cat([prev, of], 1), act=True)
+    o1, o2, m = F.conv2d(of, sd[f'{p}.offset_conv.weight'], padding=1).chunk(3, 1)
+    y = deform_conv2d(x, torch.cat([o1, o2], 1), sd[f'{p}.deform.weight'], sd[f'{p}.deform.bias'], padding=2,
+                      dilation=2, mask=torch.sigmoid(m))
+    y[0] = x[0]
+    bp = f'{p}.back_projection'
+    if track == 'synthetic':
+        e = _o_blocks(sd, f'{bp}.encoder1', y)
+        u = torch.cat([_o_rep0(e), e], 1)
+    else:
+        u = _o_blocks(sd, f'{bp}.encoder1', torch.cat([_o_rep0(y), y], 1))
+    fu = _o_conv(sd, f'{bp}.feat_fusion.0', u, act=True)
+    ex = _o_conv(sd, f'{bp}.feat_expand.0', fu, act=True)
+    return fu + _o_conv(sd, f'{bp}.diff_fusion.0', ex - u, act=True), of
+
+
+def _o_fusion(sd, p, z, track):
+    n, c, h, w = z.shape
+    if track == 'synthetic':
+        e = _o_blocks(sd, f'{p}.encoder1', z.reshape(n // 2, 2 * c, h, w))
+        rec = _o_conv(sd, f'{p}.feat_expand.0', _o_conv(sd, f'{p}.feat_fusion.0', e, act=True), act=True)
+        return e + (e - rec)
+    zs = torch.roll(z, 1, 0)
+    e = _o_blocks(sd, f'{p}.encoder1', torch.cat([z.reshape(n // 2, 2 * c, h, w), zs.reshape(n // 2, 2 * c, h, w)]))
+    fu = _o_conv(sd, f'{p}.feat_fusion', e)
+    return fu + _o_conv(sd, f'{p}.diff_fusion', e - _o_conv(sd, f'{p}.feat_expand', fu))
+
+
+def original_forward(sd: dict, burst: torch.Tensor, track: str) -> torch.Tensor:
+    b = burst[0]
+    x = _o_blocks(sd, 'align.encoder_level1', F.conv2d(b, sd['conv1.0.weight'], padding=1))
+    e1 = _o_blocks(sd, 'align.encoder_level2', _o_conv(sd, 'align.down1', x, stride=2), heads=2)
+    e2, o2 = _o_stage(sd, 'align.alignment2', _o_conv(sd, 'align.down2', e1, stride=2), None, track)
+    d1 = _o_up(sd, 'align.up2', e2)
+    e1, o1 = _o_stage(sd, 'align.alignment1', e1, 2 * _o_up(sd, 'align.offset_up2', o2), track)
+    d0 = _o_up(sd, 'align.up1', d1 + e1)
+    x, ox = _o_stage(sd, 'align.alignment0', x, 2 * _o_up(sd, 'align.offset_up1', o1), track)
+    a, _ = _o_stage(sd, 'align.cascade_alignment', x + d0, ox, track)
+    n, c, h, w = a.shape
+    tokens = a.reshape(1, n * c, h * w).permute(0, 2, 1)
+    pooled = nn.AdaptiveAvgPool1d(7 * c)(tokens).permute(0, 2, 1).reshape(7, c, h, w)
+    z = _o_fusion(sd, 'back_projection1', torch.cat([a[:1], pooled]), track).reshape(1, 8 * c, h, w)
+    z = F.gelu(F.pixel_shuffle(F.conv2d(z, sd['up1.0.weight']), 2))
+    z = _o_fusion(sd, 'back_projection2', z.reshape(2, c, 2 * h, 2 * w), track).reshape(1, 2 * c, 2 * h, 2 * w)
+    z = F.gelu(F.pixel_shuffle(F.conv2d(z, sd['up2.0.weight']), 2))
+    z = F.gelu(F.pixel_shuffle(F.conv2d(z, sd['up3.0.weight']), 2))
+    return F.conv2d(z, sd['out_conv.0.weight'], padding=1)
+
+
+@pytest.mark.parametrize('track, width', [('synthetic', 16), ('real', 16), ('synthetic', 48), ('real', 48)])
+def test_matches_a_literal_transcription_of_the_original(track: str, width: int) -> None:
+    torch.manual_seed(0)
+    model = Burstormer(track=track, num_features=width).eval()
+    _redraw(model, 11)
+    sd = model.state_dict()
+    x = torch.rand(2, 14 if width == 48 else 5, 4, 8, 12)
+    with torch.no_grad():
+        ours = model(x)
+        for i in range(2):  # the original sees burst[0] only: feed it each burst alone
+            ref = original_forward(sd, x[i:i + 1], track)
+            assert (ours[i:i + 1] - ref).norm() / ref.norm() < 1e-4
