@@ -6,7 +6,7 @@
 Which network the weights are for (first match wins):
 
 1. ``network_g`` in the option file: a full constructor block, as in the train/test option files;
-2. ``--arch NAME`` (and, for BSRT, ``--level S|L`` / ``--burst-size N``): the architecture family is checked
+2. ``--arch NAME`` (and ``--level S|L`` for BSRT, ``--burst-size N`` for BSRT and Burstormer): the family is checked
    against the checkpoint's keys, and the hyper-parameters not given are read from its tensor shapes;
 3. nothing: family and hyper-parameters are read from the checkpoint (``codes.archs.arch_detect``).
 
