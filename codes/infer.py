@@ -6,7 +6,7 @@
 Which network the weights are for (first match wins):
 
 1. ``network_g`` in the option file: a full constructor block, as in the train/test option files;
-2. ``--arch NAME`` (and, for BSRT, ``--level S|L`` / ``--burst-size N``): the architecture family is checked
+2. ``--arch NAME`` (and ``--level S|L`` for BSRT, ``--burst-size N`` for BSRT and Burstormer): the family is checked
    against the checkpoint's keys, and the hyper-parameters not given are read from its tensor shapes;
 3. nothing: family and hyper-parameters are read from the checkpoint (``codes.archs.arch_detect``).
 
@@ -94,7 +94,7 @@ def build_infer_arg_parser() -> argparse.ArgumentParser:
     p.add_argument('--arch', choices=sorted(FAMILIES), help='architecture of the weights (default: read from them)')
     p.add_argument('--level', choices=['S', 'L'], help='BSRT level (published hyper-parameters)')
     p.add_argument('--burst-size', '--burst_size', type=int, dest='burst_size',
-                   help='BSRT burst size the weights were trained for (default: read from them)')
+                   help='burst size the weights were trained for (BSRT default: read from them; Burstormer: 14)')
     p.add_argument('--param-key', '--param_key', choices=['auto', 'params', 'params_ema'], dest='param_key',
                    help="which weights of our checkpoints: 'auto' (default) takes params_ema when present")
     p.add_argument('--input-kind', '--input_kind', choices=INPUT_KINDS, dest='input_kind',
@@ -131,8 +131,10 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
         raise
     opt['arch'] = {k: v for k, v in (('type', args.arch), ('level', args.level), ('burst_size', args.burst_size))
                    if v is not None}
-    if (args.level or args.burst_size) and args.arch != 'BSRT':
-        raise OptionError('arch', '--level and --burst-size are BSRT hyper-parameters: they need --arch BSRT')
+    if args.level and args.arch != 'BSRT':
+        raise OptionError('arch', '--level is a BSRT hyper-parameter: you need --arch BSRT')
+    if args.burst_size and args.arch not in ('BSRT', 'Burstormer'):
+        raise OptionError('arch', '--burst-size needs --arch BSRT or --arch Burstormer')
     opt['opt_file'] = file
     return opt, args
 
@@ -323,7 +325,7 @@ def _render_band(render: Any, band: torch.Tensor, norm: float | None) -> np.ndar
 
 def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
                records: list[dict] | None = None) -> list[dict]:
-    """BSRT on every burst under ``opt['input']``; returns one record per burst (appended to ``records`` as each
+    """A burst network (BSRT, EBSR, Burstormer) on every burst under ``opt['input']``; returns one record per burst (appended to ``records`` as each
     burst is done, so a caller keeps them when a later input fails)."""
     kind = opt['input_kind']
     if kind == 'image':
@@ -478,7 +480,7 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
 
 
 RUNNERS: dict[str, Callable[..., list[dict]]] = {
-    'BSRT': run_bursts, 'EBSR': run_bursts, 'DCLS': run_images}
+    'BSRT': run_bursts, 'EBSR': run_bursts, 'Burstormer': run_bursts, 'DCLS': run_images}
 
 
 def _dry_run(opt: dict) -> None:

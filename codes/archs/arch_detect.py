@@ -30,6 +30,10 @@ def _is_dcls(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith('Restorer.') for k in sd) and any(k.startswith('Estimator.') for k in sd)
 
 
+def _is_burstormer(sd: Mapping[str, torch.Tensor]) -> bool:
+    return 'conv1.0.weight' in sd and 'out_conv.0.weight' in sd and any(k.startswith('align.alignment0.') for k in sd)
+
+
 def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
     rx = re.compile(pattern)
     found = {int(m.group(1)) for k in sd for m in [rx.match(k)] if m}
@@ -97,17 +101,32 @@ def _dcls_options(sd: Mapping[str, torch.Tensor]) -> dict:
             'in_nc': in_nc, 'reduction': nf // nf2, 'input_para': int(sd['Estimator.tail.4.weight'].shape[0])}
 
 
+def _burstormer_options(sd: Mapping[str, torch.Tensor]) -> dict:
+    """Burstormer track and width from the keys and shapes (the two official key lists)."""
+    from codes.archs.burstormer_arch import burstormer_track_of
+    track = burstormer_track_of(sd)
+    if track is None:
+        raise KeyError('back_projection1.feat_fusion.0.weight (synthetic) or '
+                       'back_projection1.diff_fusion.weight (real)')
+    nf = int(sd['conv1.0.weight'].shape[0])
+    groups = int(sd['align.alignment0.offset_conv.weight'].shape[0]) // (3 * 9)
+    if (nf, groups) == (48, 8):
+        return {'type': 'Burstormer', 'track': track}
+    return {'type': 'Burstormer', 'track': track, 'num_features': nf, 'deformable_groups': groups}
+
+
 #: family -> (recogniser, options reader or None when the family has no reader yet).
 FAMILIES: dict[str, tuple[Callable[[Mapping[str, torch.Tensor]], bool],
                           Callable[[Mapping[str, torch.Tensor]], dict] | None]] = {
     'BSRT': (_is_bsrt, _bsrt_options),
     'EBSR': (_is_ebsr, _ebsr_options),
     'DCLS': (_is_dcls, _dcls_options),
+    'Burstormer': (_is_burstormer, _burstormer_options),
 }
 
 
 def detect_family(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """'BSRT', 'EBSR', 'DCLS' or None, from the key names of a bare state_dict."""
+    """'BSRT', 'EBSR', 'DCLS', 'Burstormer' or None, from the key names of a bare state_dict."""
     for name, (recognise, _) in FAMILIES.items():
         if recognise(sd):
             return name

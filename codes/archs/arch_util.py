@@ -127,6 +127,11 @@ def _dcn_fast_chunk(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, w
     cols = F.grid_sample(x.reshape(b * g, c // g, h, w), grid, mode='bilinear', padding_mode='zeros',
                          align_corners=False)  # (B·G, Cin/G, k²·H', W'): rows (channel, tap)
     cols = (cols * mask.reshape(b * g, 1, k * k * ho, wo)).view(b, c * k * k, ho * wo)  # rows = weight's (Cin, tap)
+    wg = c // weight.shape[1]  # convolution groups (Burstormer: 8; BSRT, EBSR: 1)
+    if wg > 1:  # group j: output channels j·Cout/wg.., input rows j·(Cin/wg)·k².. (consecutive in cols)
+        w3 = weight.reshape(wg, weight.shape[0] // wg, -1)
+        out = torch.matmul(w3, cols.view(b, wg, -1, ho * wo))  # (B, wg, Cout/wg, H'·W')
+        return out.reshape(b, weight.shape[0], ho * wo)
     w2 = weight.reshape(weight.shape[0], -1)
     if b == 1:
         return torch.mm(w2, cols[0]).unsqueeze(0)
@@ -168,7 +173,8 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
         x: (B, Cin, H, W) input.
         offset: (B, 2·G·k², H', W'); channel 18g + 2t is Δy and 18g + 2t + 1 is Δx of offset group g, tap t.
         mask: (B, G·k², H', W') modulation, channel 9g + t (for k = 3).
-        weight: (Cout, Cin, k, k), ungrouped.
+        weight: (Cout, Cin / groups, k, k): ungrouped for BSRT; grouped (groups inferred from the shape, as
+            torchvision does) with dilation 2 for Burstormer.
         bias: (Cout,) or None.
         impl: 'reference' = ``torchvision.ops.deform_conv2d``; 'fast' = bilinear sampling (``grid_sample``) of
             the taps and one matrix product, equal to it up to float rounding (the bilinear weights are computed

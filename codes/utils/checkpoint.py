@@ -109,14 +109,16 @@ def load_file(path: str | os.PathLike) -> Any:
 
 
 def extract_state_dict(ckpt: Any, param_key: str = 'params', source: str = 'checkpoint') -> dict[str, torch.Tensor]:
-    """The network state_dict inside ``ckpt``: a bare state_dict, or ``{'params'|'params_ema': ...}``; a
-    ``module.`` prefix (DataParallel/DDP) is stripped."""
+    """The network state_dict inside ``ckpt``: a bare state_dict, or ``{'params'|'params_ema': ...}`` (also
+    ``'state_dict'``, ``'model'`` and ``'model_state_dict'`` wrappers of other trainers); a ``module.`` prefix
+    (DataParallel/DDP) is stripped."""
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f'{source}: expected a dict of tensors, got {type(ckpt).__name__}')
     if param_key in ckpt and isinstance(ckpt[param_key], Mapping):
         sd = ckpt[param_key]
     else:
-        wrapped = [k for k in ('params', 'params_ema', 'state_dict', 'model') if isinstance(ckpt.get(k), Mapping)]
+        wrapped = [k for k in ('params', 'params_ema', 'state_dict', 'model', 'model_state_dict')
+                   if isinstance(ckpt.get(k), Mapping)]
         if wrapped:
             if param_key not in ('params', 'params_ema') or wrapped[0] != param_key:
                 logger.warning('%s has no %r entry; loading %r instead', source, param_key, wrapped[0])
@@ -127,6 +129,15 @@ def extract_state_dict(ckpt: Any, param_key: str = 'params', source: str = 'chec
     if bad:
         raise CheckpointError(f'{source}: not a state_dict: entries {bad[:5]} are not tensors')
     return {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
+
+
+def _fitting_network(sd: Mapping[str, torch.Tensor]) -> str:
+    """' Its keys and shapes fit network_g {...}.' when the architecture can be read from ``sd``, else ''."""
+    from codes.archs.arch_detect import network_options_from_state_dict
+    try:
+        return f' Its keys and shapes fit network_g {network_options_from_state_dict(sd)}.'
+    except ValueError:
+        return ''
 
 
 def load_network(net: nn.Module, path: str | os.PathLike, strict: bool = True, param_key: str = 'params') -> None:
@@ -149,7 +160,8 @@ def load_network(net: nn.Module, path: str | os.PathLike, strict: bool = True, p
         if shapes:
             parts.append(f'{len(shapes)} with other shapes (e.g. {shapes[:3]})')
         raise CheckpointError(f'{path}: does not fit {type(net).__name__}: ' + '; '.join(parts) +
-                              '. Is it a checkpoint of another architecture or size (check network_g)?')
+                              '. Is it a checkpoint of another architecture or size (check network_g)?' +
+                              _fitting_network(sd))
     if missing or unexpected:
         logger.warning('%s: loaded non-strictly; missing %s, unexpected %s', path, missing[:5], unexpected[:5])
     net.load_state_dict(sd, strict=strict)

@@ -62,6 +62,24 @@ def test_fast_dcn_gradcheck(stride: int, padding: int, dilation: int, chunk_byte
         torch.testing.assert_close(gf, gr, rtol=0, atol=1e-11)
 
 
+def test_fast_dcn_grouped_weight_matches_reference() -> None:
+    """Grouped convolution weights (Burstormer: (C, C/8, 3, 3), dilation 2) in float64, values and gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 9, dtype=torch.float64)
+    offset = torch.randn(2, 2 * 9 * 4, 7, 9, dtype=torch.float64) * 2
+    mask = torch.rand(2, 9 * 4, 7, 9, dtype=torch.float64)
+    weight = torch.randn(8, 2, 3, 3, dtype=torch.float64)
+    bias = torch.randn(8, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (x, offset, mask, weight, bias)]
+    fast = lambda *a: modulated_deform_conv2d(*a, 1, 2, 2, impl='fast')  # noqa: E731
+    ref = lambda *a: modulated_deform_conv2d(*a, 1, 2, 2, impl='reference')  # noqa: E731
+    out_f, grads_f = values_and_grads(fast, inputs)
+    out_r, grads_r = values_and_grads(ref, inputs)
+    torch.testing.assert_close(out_f, out_r, rtol=0, atol=1e-12)
+    for gf, gr in zip(grads_f, grads_r):
+        torch.testing.assert_close(gf, gr, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize('size', [(16, 16), (13, 7), (1, 5)])
 def test_fast_dcn_fp32_bsrt_width(size: tuple[int, int]) -> None:
     """BSRT's DCN (64 channels, 8 offset groups) in float32, also odd and 1-pixel sizes: values and gradients."""
