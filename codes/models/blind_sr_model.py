@@ -35,7 +35,7 @@ from codes.metrics.psnr_ssim_metric import calculate_psnr_matlab, to_uint8
 from codes.models.base_model import BaseModel
 from codes.utils.build import OptionError
 from codes.utils.registry import MODEL_REGISTRY
-from codes.visualization.panels import View, comparison_panel, kernel_tile, panel_metric, save_sample_pictures
+from codes.visualization.panels import Panel, View, comparison_panel, kernel_tile, panel_metric, save_sample_pictures
 
 __all__ = ['BlindSRModel', 'kernel_to_image']
 
@@ -175,25 +175,30 @@ class BlindSRModel(BaseModel):
         """``<stem>.png`` (SR), ``<stem>_ker.png`` (estimated kernel) and the comparison panel ``<stem>_panel.png``
         (also to TensorBoard), ``<stem>`` being ``<key>_<iter>`` in training; test.py (``current_iter`` 0) also
         writes the full-resolution ``<key>_input.png`` (bicubic) and ``<key>_gt.png`` for the HTML report."""
+        panel, files = self.make_panel(sr, kernel, i, rec)
+        if current_iter:
+            files = {k: files[k] for k in ('', '_ker')}
+        stem = f'{key}_{current_iter}' if current_iter else key
+        save_sample_pictures(image_dir, stem, panel, files, tb_writer, f'{dataset_name}/{key}', current_iter)
+
+    def make_panel(self, sr: Tensor, kernel: Tensor, i: int,
+                   rec: dict[str, Any]) -> tuple[Panel, dict[str, np.ndarray]]:
+        """The comparison panel of batch sample ``i`` (bicubic input, SR, GT, crops, error map, the estimated and,
+        when the batch has one, the true kernel) and its full-size images by file suffix (``''``: SR, ``'_ker'``,
+        ``'_input'``, ``'_gt'``)."""
         metric = panel_metric(self.opt.get('val', {}).get('metrics', {}))
-        lq = self.lq[i:i + 1].float()
-        bic = imresize(lq, self.scale)[0].clamp(0, 1)
+        bic = imresize(self.lq[i:i + 1].float(), self.scale)[0].clamp(0, 1)
         views = [_view('bicubic input', bic, rec.get('bicubic_psnr'), 'bicubic_psnr'),
                  _view('prediction', sr.clamp(0, 1), rec.get(metric), metric or 'PSNR')]
         gt = _view('ground truth', self.gt[i].float()) if self.gt is not None else None
-        ker = kernel_to_image(kernel)
         size = max(96, views[0].srgb.shape[1] // 2)
         extra = [('estimated kernel (LR space)', kernel_tile(kernel.detach().float().cpu().numpy(), size))]
         if self.true_kernel is not None:
-            extra.append(('true kernel', kernel_tile(self.true_kernel[i].float().cpu().numpy(), size)))
-        panel = comparison_panel(views, gt, border=self.scale, extra=extra)
-        files = {'': views[-1].srgb, '_ker': ker}
-        if not current_iter:
-            files['_input'] = views[0].srgb
-            if gt is not None:
-                files['_gt'] = gt.srgb
-        stem = f'{key}_{current_iter}' if current_iter else key
-        save_sample_pictures(image_dir, stem, panel, files, tb_writer, f'{dataset_name}/{key}', current_iter)
+            extra.append(('true kernel (HR space)', kernel_tile(self.true_kernel[i].float().cpu().numpy(), size)))
+        files = {'': views[-1].srgb, '_ker': kernel_to_image(kernel), '_input': views[0].srgb}
+        if gt is not None:
+            files['_gt'] = gt.srgb
+        return comparison_panel(views, gt, border=self.scale, extra=extra), files
 
 
 def _view(name: str, image: Tensor, value: float | None = None, metric: str = 'PSNR') -> View:

@@ -21,7 +21,7 @@ from codes.metrics.burst_metric import calculate_psnr_linear
 from codes.metrics.metric_util import MetricUnavailable, bilinear_baseline
 from codes.models.base_model import BaseModel
 from codes.utils.registry import MODEL_REGISTRY
-from codes.visualization.panels import View, comparison_panel, panel_metric, save_sample_pictures
+from codes.visualization.panels import Panel, View, comparison_panel, panel_metric, save_sample_pictures
 
 __all__ = ['BurstSRModel', 'save_submission_png', 'render_srgb']
 
@@ -137,17 +137,21 @@ class BurstSRModel(BaseModel):
                      tb_writer: Any, dataset_name: str, current_iter: int) -> None:
         """The comparison panel of sample ``i`` (``<key>[_<iter>]_panel.png``, TensorBoard); test.py
         (``current_iter`` 0) also writes the full-resolution views ``<key>.png``, ``_input.png``, ``_gt.png``."""
+        panel, files = self.make_panel(pred, i, rec)
+        stem = f'{key}_{current_iter}' if current_iter else key
+        save_sample_pictures(image_dir, stem, panel, {} if current_iter else files, tb_writer,
+                             f'{dataset_name}/{key}', current_iter)
+
+    def make_panel(self, pred: torch.Tensor, i: int, rec: dict[str, Any]) -> tuple[Panel, dict[str, np.ndarray]]:
+        """The comparison panel of batch sample ``i`` (metric values from its record ``rec``) and its full-size
+        views by file suffix (``''``: prediction, ``'_input'``, ``'_gt'``)."""
         views, gt = self.panel_views(pred, i, rec)
         crop_border = int(self.opt.get('val', {}).get('metrics', {}).get(self.panel_metric or '', {})
                           .get('crop_border', 40))
-        panel = comparison_panel(views, gt, border=crop_border)
-        files = {}
-        if not current_iter:
-            files = {'': views[-1].srgb, '_input': views[0].srgb}
-            if gt is not None:
-                files['_gt'] = gt.srgb
-        stem = f'{key}_{current_iter}' if current_iter else key
-        save_sample_pictures(image_dir, stem, panel, files, tb_writer, f'{dataset_name}/{key}', current_iter)
+        files = {'': views[-1].srgb, '_input': views[0].srgb}
+        if gt is not None:
+            files['_gt'] = gt.srgb
+        return comparison_panel(views, gt, border=crop_border), files
 
     @property
     def panel_metric(self) -> str | None:

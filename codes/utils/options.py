@@ -147,7 +147,7 @@ SCHEMA: dict[str, Any] = {
     },
     'logger': {
         'print_freq': int, 'save_checkpoint_freq': int, 'use_tb_logger': bool, 'use_pbar': bool | None,
-        'keep_last': int,
+        'keep_last': int, 'wandb': {'project': str | None, 'entity': str | None, 'resume_id': str | None},
     },
 }
 

@@ -232,7 +232,7 @@ def comparison_panel(views: Sequence[View], gt: View | None = None, *, crop: tup
 
     row1, row2 = [], []
     for v in shown:
-        img = np.ascontiguousarray(big(v.srgb))
+        img = np.array(big(v.srgb), order='C')  # a copy: the box must not be drawn into the caller's image
         y0, x0 = top * scale, left * scale
         cv2.rectangle(img, (x0, y0), (x0 + size * scale - 1, y0 + size * scale - 1), CROP_COLOR, thick)
         label = [v.name + enlarge]

@@ -364,6 +364,9 @@ td.pos { color: #2e7d32; } td.neg { color: #c62828; }
     if (!st.w) return; var sz = paneSize();
     st.s = Math.min(sz[0] / st.w, sz[1] / st.h); st.x = (sz[0] - st.w * st.s) / 2; st.y = (sz[1] - st.h * st.s) / 2; apply();
   }
+  function centre() {  // 100 %, centred
+    var sz = paneSize(); st.s = 1; st.x = Math.round((sz[0] - st.w) / 2); st.y = Math.round((sz[1] - st.h) / 2); apply();
+  }
   function one() {
     if (!st.w) return; var sz = paneSize(), cx = sz[0] / 2, cy = sz[1] / 2;
     var ix = (cx - st.x) / st.s, iy = (cy - st.y) / st.s; st.s = 1; st.x = cx - ix; st.y = cy - iy; apply();
@@ -381,7 +384,7 @@ td.pos { color: #2e7d32; } td.neg { color: #c62828; }
       if (src) {
         var im = document.createElement('img'); im.alt = name; im.draggable = false;
         im.addEventListener('load', function () {
-          if (!st.w) { st.w = im.naturalWidth; st.h = im.naturalHeight; if (!keep) one(); }
+          if (!st.w) { st.w = im.naturalWidth; st.h = im.naturalHeight; if (!keep) centre(); }
           apply();
         });
         im.src = src; p.appendChild(im); imgs.push(im);
