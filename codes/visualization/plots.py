@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,9 @@ def plot_study(study: Any, out_dir: str | os.PathLike) -> list[Path]:
         jobs.append(('param_importances.png', ovm.plot_param_importances))
     for name, fn in jobs:
         try:
-            ax = fn(study)
+            with warnings.catch_warnings():  # optuna marks its matplotlib plots experimental
+                warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+                ax = fn(study)
         except (ValueError, RuntimeError) as exc:  # e.g. importances when every trial has the same value
             logger.warning('%s not written: %s', name, exc)
             continue

@@ -72,6 +72,22 @@ def test_plot_metrics_on_an_empty_folder_is_a_user_error(tmp_path):
         plot_main([str(tmp_path)])
 
 
+def test_study_plots(tmp_path):
+    optuna = pytest.importorskip('optuna')
+    pytest.importorskip('matplotlib')
+    from codes.visualization.plots import plot_study
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction='maximize', sampler=optuna.samplers.RandomSampler(seed=0))
+    assert plot_study(study, tmp_path) == []  # nothing finished: nothing to draw
+    study.optimize(lambda t: -(t.suggest_float('lr', 1e-4, 1e-2, log=True) - 1e-3) ** 2 - t.suggest_int('n', 1, 4),
+                   n_trials=6)
+    written = plot_study(study, tmp_path / 'study')
+    assert [p.name for p in written] == ['optimization_history.png', 'param_importances.png']
+    for p in written:
+        img = cv2.imread(str(p))
+        assert img.shape == (450, 800, 3) and img.std() > 5
+
+
 def _wandb_records(path: Path) -> list:
     """The protobuf records of a .wandb file (LevelDB-log framing: 32 KiB blocks, 7-byte chunk headers)."""
     from wandb.proto import wandb_internal_pb2 as pb
