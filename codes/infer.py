@@ -15,7 +15,9 @@ checkpoint, or that does not fit the network, is refused with a message naming t
 
 Per input, under ``--output``: ``<name>_srgb.png`` (8-bit sRGB for viewing) and ``<name>_linear.png`` or
 ``.tiff`` (16-bit linear RGB, clamp to [0, 1] × 65535, channels in RGB order on disk), plus for DCLS
-``<name>_kernel.png`` / ``<name>_kernel.npy``; ``infer_summary.json`` lists what was done.
+``<name>_kernel.png`` / ``<name>_kernel.npy``; ``infer_summary.json`` lists what was done. With ``--compare``
+(a ground truth and/or a second model's checkpoint), also ``<name>_compare.png``, a labelled comparison panel
+(``codes.visualization.infer_compare``).
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ INFER_SCHEMA: dict[str, Any] = {
     'linear_format': ('png', 'tiff'),
     'save_linear': bool,
     'kernel': str | None,
+    'compare': list[str] | None,
 }
 
 DEFAULTS = {'name': 'infer', 'param_key': 'auto', 'device': 'auto', 'precision': 'fp32', 'tile': None,
@@ -104,6 +107,9 @@ def build_infer_arg_parser() -> argparse.ArgumentParser:
                    help='do not write the 16-bit linear output')
     p.add_argument('--kernel', help='DCLS: a known LR-space blur kernel (.npy, kernel_size x kernel_size) to use '
                    'instead of the estimated one')
+    p.add_argument('--compare', nargs='+', metavar='SOURCE',
+                   help='write <name>_compare.png panels against a ground truth (an image, or a folder of images '
+                   'named like the inputs) and/or a second model (a .pth/.pt checkpoint)')
     p.add_argument('--force_yml', '--set', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override option-file keys (values parsed as YAML)')
     return p
@@ -116,7 +122,7 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
     raw: dict = load_yaml(file) if file else {}
     raw = apply_overrides(raw, args.force_yml, file)
     for key in ('weights', 'input', 'output', 'device', 'tile', 'tile_overlap', 'precision', 'param_key',
-                'input_kind', 'linear_format', 'save_linear', 'kernel'):
+                'input_kind', 'linear_format', 'save_linear', 'kernel', 'compare'):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -393,7 +399,19 @@ def infer_pipeline(argv: list[str] | None = None) -> list[dict]:
                           opt['opt_file'])
     logger.info('Network %s from %s [%s] on %s, %s: %s', net_opt['type'], opt['weights'], param_key, device,
                 opt['precision'], net_opt)
+    if opt.get('compare'):
+        from codes.visualization.infer_compare import split_sources, write_comparisons
+        split_sources(opt['compare'])  # a bad source fails before the model runs
     records = runner(net, opt, device, out_dir)
+    if opt.get('compare'):
+
+        def run_b(weights: str, folder: Path) -> list[dict]:
+            net_b, opt_b, key_b = load_inference_network(weights, {**opt, 'network_g': None, 'arch': {}}, device)
+            if opt_b['type'] != net_opt['type']:
+                raise OptionError('compare', f"{weights} holds a {opt_b['type']}, not a {net_opt['type']}")
+            folder.mkdir(parents=True, exist_ok=True)
+            return RUNNERS[opt_b['type']](net_b, {**opt, 'save_linear': False}, device, folder)
+        write_comparisons(records, opt, int(getattr(net, 'scale', 4)), out_dir, run_b)
     summary = {'weights': str(opt['weights']), 'param_key': param_key, 'network_g': net_opt, 'device': str(device),
                'precision': opt['precision'], 'tile': opt['tile'], 'tile_overlap': opt['tile_overlap'],
                'outputs': records}
