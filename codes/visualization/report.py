@@ -245,10 +245,13 @@ table { border-collapse: collapse; }
 #results th.sorted-asc::after { content: " \25B2"; } #results th.sorted-desc::after { content: " \25BC"; }
 #results th.baseline, #results td.baseline { color: #777; }
 #results td { padding: 3px 8px; text-align: right; border-bottom: 1px solid #eee; font-variant-numeric: tabular-nums; }
-#results tr.row { cursor: pointer; } #results tr.row:hover, #results tr.row:focus { background: #e3f2fd; outline: none; }
-#results td.thumb { width: 72px; padding: 2px; } #results td.thumb img { max-width: 64px; max-height: 64px; display: block; }
+#results tr.row { cursor: pointer; }
+#results tr.row:hover, #results tr.row:focus { background: #e3f2fd; outline: none; }
+#results td.thumb { width: 72px; padding: 2px; }
+#results td.thumb img { max-width: 64px; max-height: 64px; display: block; }
 td.pos { color: #2e7d32; } td.neg { color: #c62828; }
-#viewer { position: fixed; inset: 0; background: #111; color: #eee; display: flex; flex-direction: column; z-index: 10; }
+#viewer { position: fixed; inset: 0; background: #111; color: #eee; display: flex; flex-direction: column;
+  z-index: 10; }
 #viewer[hidden] { display: none; }
 #vbar { display: flex; gap: 8px; align-items: center; padding: 6px 10px; background: #222; flex-wrap: wrap; }
 #vbar button { background: #37474f; color: #fff; border: 0; padding: 4px 10px; cursor: pointer; border-radius: 3px; }
@@ -303,12 +306,16 @@ td.pos { color: #2e7d32; } td.neg { color: #c62828; }
     tr.dataset.index = i;
     var td = document.createElement('td'); td.className = 'key'; td.textContent = i + 1; tr.appendChild(td);
     td = document.createElement('td'); td.className = 'thumb';
-    if (r.thumb) { var im = document.createElement('img'); im.loading = 'lazy'; im.src = r.thumb; im.alt = r.key; td.appendChild(im); }
+    if (r.thumb) {
+      var im = document.createElement('img'); im.loading = 'lazy'; im.src = r.thumb; im.alt = r.key;
+      td.appendChild(im);
+    }
     tr.appendChild(td);
     td = document.createElement('td'); td.className = 'key name'; td.textContent = r.key; tr.appendChild(td);
     D.columns.forEach(function (c) {
       var v = r.values[c.id], td = document.createElement('td');
-      td.className = 'metric' + (c.baseline ? ' baseline' : '') + (c.delta && v > 0 ? ' pos' : '') + (c.delta && v < 0 ? ' neg' : '');
+      td.className = 'metric' + (c.baseline ? ' baseline' : '') + (c.delta && v > 0 ? ' pos' : '') +
+        (c.delta && v < 0 ? ' neg' : '');
       td.dataset.col = c.id; td.textContent = fmt(v, c);
       if (v !== null && v !== undefined) td.dataset.value = v;
       tr.appendChild(td);
@@ -356,16 +363,19 @@ td.pos { color: #2e7d32; } td.neg { color: #c62828; }
   var viewer = document.getElementById('viewer'), panes = document.getElementById('vpanes');
   var st = {s: 1, x: 0, y: 0, w: 0, h: 0}, current = -1, imgs = [];
   function apply() {
-    imgs.forEach(function (im) { im.style.transform = 'translate(' + st.x + 'px,' + st.y + 'px) scale(' + st.s + ')'; });
+    var t = 'translate(' + st.x + 'px,' + st.y + 'px) scale(' + st.s + ')';
+    imgs.forEach(function (im) { im.style.transform = t; });
     document.getElementById('vzoom').textContent = Math.round(st.s * 100) + ' %';
   }
   function paneSize() { var p = panes.firstElementChild; return p ? [p.clientWidth, p.clientHeight] : [1, 1]; }
   function fit() {
     if (!st.w) return; var sz = paneSize();
-    st.s = Math.min(sz[0] / st.w, sz[1] / st.h); st.x = (sz[0] - st.w * st.s) / 2; st.y = (sz[1] - st.h * st.s) / 2; apply();
+    st.s = Math.min(sz[0] / st.w, sz[1] / st.h);
+    st.x = (sz[0] - st.w * st.s) / 2; st.y = (sz[1] - st.h * st.s) / 2; apply();
   }
   function centre() {  // 100 %, centred
-    var sz = paneSize(); st.s = 1; st.x = Math.round((sz[0] - st.w) / 2); st.y = Math.round((sz[1] - st.h) / 2); apply();
+    var sz = paneSize(); st.s = 1;
+    st.x = Math.round((sz[0] - st.w) / 2); st.y = Math.round((sz[1] - st.h) / 2); apply();
   }
   function one() {
     if (!st.w) return; var sz = paneSize(), cx = sz[0] / 2, cy = sz[1] / 2;
@@ -400,7 +410,9 @@ td.pos { color: #2e7d32; } td.neg { color: #c62828; }
     if (!v.length) return;
     openViewer(v[(k + d + v.length) % v.length], true);  // same zoom and place on the next image
   }
-  function closeViewer() { viewer.hidden = true; panes.innerHTML = ''; imgs = []; if (trs[current]) trs[current].focus(); }
+  function closeViewer() {
+    viewer.hidden = true; panes.innerHTML = ''; imgs = []; if (trs[current]) trs[current].focus();
+  }
   panes.addEventListener('wheel', function (e) {
     var p = e.target.closest('.pane'); if (!p) return; e.preventDefault();
     var rc = p.getBoundingClientRect(), mx = e.clientX - rc.left, my = e.clientY - rc.top;
@@ -410,9 +422,12 @@ td.pos { color: #2e7d32; } td.neg { color: #c62828; }
   var drag = null;
   panes.addEventListener('pointerdown', function (e) {
     var p = e.target.closest('.pane'); if (!p) return;
-    drag = {x: e.clientX - st.x, y: e.clientY - st.y, p: p}; p.classList.add('dragging'); p.setPointerCapture(e.pointerId);
+    drag = {x: e.clientX - st.x, y: e.clientY - st.y, p: p};
+    p.classList.add('dragging'); p.setPointerCapture(e.pointerId);
   });
-  panes.addEventListener('pointermove', function (e) { if (drag) { st.x = e.clientX - drag.x; st.y = e.clientY - drag.y; apply(); } });
+  panes.addEventListener('pointermove', function (e) {
+    if (drag) { st.x = e.clientX - drag.x; st.y = e.clientY - drag.y; apply(); }
+  });
   function endDrag() { if (drag) { drag.p.classList.remove('dragging'); drag = null; } }
   panes.addEventListener('pointerup', endDrag); panes.addEventListener('pointercancel', endDrag);
   document.getElementById('vclose').onclick = closeViewer;

@@ -1,8 +1,6 @@
 """Comparison panels: tile order and geometry, crop choice, labels carrying the metrics' values, DCLS kernels."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from codes.metrics.burst_metric import calculate_psnr_linear
 from codes.metrics.metric_util import bilinear_baseline
 from codes.models import build_model
 from codes.scripts.make_gaussian8 import make_gaussian8
-from codes.visualization.panels import (CROP_COLOR, View, comparison_panel, crop_psnr, kernel_tile, select_crop)
+from codes.visualization.panels import CROP_COLOR, View, comparison_panel, crop_psnr, kernel_tile, select_crop
 from tests.test_runner.tiny import TINY_NET
 
 pytestmark = pytest.mark.usefixtures('one_thread')
