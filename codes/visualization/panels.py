@@ -114,7 +114,10 @@ def select_crop(error: np.ndarray, size: int, border: int = 0) -> tuple[int, int
 def error_map(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, float]:
     """Mean absolute error over channels as an (H, W, 3) uint8 RGB heat map (inferno), scaled so its 99.5th
     percentile is white; returns the map and that scale."""
-    err = _abs_error(pred, gt)
+    return _heat_map(_abs_error(pred, gt))
+
+
+def _heat_map(err: np.ndarray) -> tuple[np.ndarray, float]:
     scale = float(np.percentile(err, 99.5)) or float(err.max()) or 1.0
     gray = np.clip(err / scale * 255.0, 0, 255).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(gray, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB), scale
@@ -211,13 +214,10 @@ def comparison_panel(views: Sequence[View], gt: View | None = None, *, crop: tup
                              f'{v.srgb.dtype}')
     size = int(crop_size or max(8, min(h, w) // 4))
     size = max(1, min(size, h, w))
+    err = _abs_error(views[-1].array(), gt.array()) if gt is not None else None
     if crop is None:
-        if gt is not None:
-            diff = _abs_error(views[-1].array(), gt.array())
-        elif len(views) >= 2:
-            diff = _abs_error(views[-1].array(), views[-2].array())
-        else:
-            diff = None
+        diff = err if err is not None else (_abs_error(views[-1].array(), views[-2].array()) if len(views) >= 2
+                                            else None)
         crop = select_crop(diff, size, border) if diff is not None else ((h - size) // 2, (w - size) // 2)
     top, left = int(crop[0]), int(crop[1])
     if not (0 <= top <= h - size and 0 <= left <= w - size):
@@ -250,7 +250,7 @@ def comparison_panel(views: Sequence[View], gt: View | None = None, *, crop: tup
             crop_lines.append(f'({left}, {top}) {size}x{size} px')
         row2.append((f'{v.name} crop', crop_lines, np.kron(patch, np.ones((zoom, zoom, 1), np.uint8))))
     if gt is not None:
-        emap, emax = error_map(views[-1].array(), gt.array())
+        emap, emax = _heat_map(err)
         row1.append(('error', [f'|{views[-1].name} - ground truth|', f'white = {emax:.3g}'], big(emap)))
     rows = [row1, row2]
     if extra:

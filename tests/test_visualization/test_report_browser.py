@@ -32,7 +32,7 @@ def _result_folder(root: Path, name: str, shift: float, seed: int) -> Path:
     per_image = []
     for i in range(N_IMAGES):
         key = f'{i:04d}'
-        gt = photo[20 * i:20 * i + 96, 30 * i % 300:30 * i % 300 + 128]
+        gt = photo[20 * i % 400:20 * i % 400 + 96, 30 * i % 300:30 * i % 300 + 128]
         pred = np.clip(gt.astype(np.int16) + rng.integers(-20, 20, gt.shape), 0, 255).astype(np.uint8)
         inp = cv2.resize(cv2.resize(gt, (32, 24), interpolation=cv2.INTER_AREA), (128, 96))
         for suffix, img in (('', pred), ('_input', inp), ('_gt', gt), ('_panel', np.hstack([inp, pred, gt]))):
