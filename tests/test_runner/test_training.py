@@ -48,6 +48,10 @@ def test_loss_falls_and_outputs_are_written(trained):
     assert len(records) == 1 and records[0]['iter'] == 16 and records[0]['dataset'] == 'val'
     assert {'psnr', 'ssim', 'baseline_psnr', 'num_samples'} <= set(records[0]) and records[0]['num_samples'] == 8
     assert [p.name for p in (exp / 'visualization' / 'val').glob('*.png')] == ['0000_16_panel.png']
+    scalars = [json.loads(line) for line in (exp / 'train_scalars.jsonl').read_text().splitlines()]
+    assert [r['iter'] for r in scalars] == list(range(1, 17)) and {'l_pix', 'lr', 'grad_norm'} <= set(scalars[0])
+    assert [r['l_pix'] for r in scalars] == pytest.approx(losses, rel=1e-3)  # the logged losses, readable
+    assert (exp / 'metrics.png').is_file()  # the curves, drawn at the end of the run
     ckpt = load_file(exp / 'models' / 'net_g_16.pth')
     assert set(ckpt) == {'params'}
 

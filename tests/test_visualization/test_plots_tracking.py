@@ -161,3 +161,16 @@ def test_wandb_missing_package_is_said_and_training_goes_on(tmp_path, monkeypatc
         trackers = build_trackers(opt)
     assert not trackers
     assert 'wandb package is not installed' in caplog.text
+
+
+def test_wandb_options_are_validated(tmp_path):
+    from codes.utils.options import OptionError, validate_options
+    from tests.test_runner.tiny import tiny_options
+    (tmp_path / 'zurich').mkdir()
+    (tmp_path / 'SyntheticBurstVal').mkdir()
+    opt = tiny_options(tmp_path, tmp_path)
+    opt['logger']['wandb'] = {'project': 'p', 'entity': None, 'resume_id': 'abc123'}
+    assert validate_options(opt)['logger']['wandb']['project'] == 'p'
+    opt['logger']['wandb'] = {'projekt': 'p'}
+    with pytest.raises(OptionError, match="logger.wandb.projekt': unknown key. Did you mean 'project'"):
+        validate_options(opt)
