@@ -406,7 +406,7 @@ def infer_pipeline(argv: list[str] | None = None) -> list[dict]:
     if opt.get('compare'):
 
         def run_b(weights: str, folder: Path) -> list[dict]:
-            net_b, opt_b, key_b = load_inference_network(weights, {**opt, 'network_g': None, 'arch': {}}, device)
+            net_b, opt_b, _ = load_inference_network(weights, {**opt, 'network_g': None, 'arch': {}}, device)
             if opt_b['type'] != net_opt['type']:
                 raise OptionError('compare', f"{weights} holds a {opt_b['type']}, not a {net_opt['type']}")
             folder.mkdir(parents=True, exist_ok=True)

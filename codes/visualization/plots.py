@@ -1,7 +1,8 @@
 """Curves of a run: validation metrics, training losses and learning rate (PNG), and an Optuna study's plots.
 
 ``plot_metrics`` reads an experiment folder's ``metrics.jsonl`` (one line per validation and dataset) and
-``train_scalars.jsonl`` (one line per ``logger.print_freq`` iterations: losses, lr, ...) and draws one axis per
+``train_scalars.jsonl`` (one line per ``logger.print_freq`` iterations: losses, lr, ...; for an iteration logged
+twice, by a run resumed from an earlier checkpoint, the later line counts) and draws one axis per
 validation metric against iterations, one line per validation set, with the no-learning baselines
 (``baseline_psnr``, ``bicubic_psnr``) dashed on the PSNR axis; then the losses and the learning rate (log scales).
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display needed).
@@ -71,8 +72,11 @@ def plot_metrics(exp_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         UserError: the folder has neither ``metrics.jsonl`` nor ``train_scalars.jsonl`` with values.
     """
     exp_dir = Path(exp_dir)
-    val = [r for r in read_jsonl(exp_dir / METRICS_FILE) if _finite(r.get('iter'))]
-    train = [r for r in read_jsonl(exp_dir / SCALARS_FILE) if _finite(r.get('iter'))]
+    # a resumed run logs again the iterations after its last checkpoint: the last record of an iteration wins
+    val = list({(str(r.get('dataset', 'val')), r['iter']): r for r in read_jsonl(exp_dir / METRICS_FILE)
+                if _finite(r.get('iter'))}.values())
+    train = sorted({r['iter']: r for r in read_jsonl(exp_dir / SCALARS_FILE) if _finite(r.get('iter'))}.values(),
+                   key=lambda r: r['iter'])
     if not val and not train:
         raise UserError(f'{exp_dir}: no {METRICS_FILE} or {SCALARS_FILE} records to plot (is it an experiment '
                         'folder, experiments/<name>?)')

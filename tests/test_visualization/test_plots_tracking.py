@@ -28,6 +28,9 @@ def _write_run(exp: Path) -> None:
         for it in range(25, 301, 25):
             f.write(json.dumps({'iter': it, 'epoch': 0, 'l_total': 0.1 / it ** 0.3, 'l_pix': 0.1 / it ** 0.3,
                                 'grad_norm': 1.0, 'lr': 2e-3 * math.cos(it / 300 * 1.5) ** 2 + 1e-5}) + '\n')
+        f.write(json.dumps({'iter': 50, 'l_total': 5.0, 'l_pix': 5.0, 'lr': 1.0}) + '\n')  # an earlier run's
+        f.write(json.dumps({'iter': 50, 'l_total': 0.1 / 50 ** 0.3, 'l_pix': 0.1 / 50 ** 0.3, 'grad_norm': 1.0,
+                            'lr': 2e-3 * math.cos(50 / 300 * 1.5) ** 2 + 1e-5}) + '\n')  # ... logged again on resume
         f.write('{"iter": 310, "l_to')  # a run killed while writing: the last line is skipped
 
 
@@ -64,7 +67,9 @@ def test_plot_metrics_lines_and_baseline_dashes(tmp_path, monkeypatch):
     assert lines['val baseline_psnr'].get_linestyle() == '--' and lines['val'].get_linestyle() == '-'
     assert list(lines['val'].get_xdata()) == [100, 200, 300] and list(lines['val'].get_ydata()) == [29, 30, 31]
     assert {ln.get_label() for ln in loss_ax.get_lines()} == {'l_total', 'l_pix'}
-    assert len(lr_ax.get_lines()[0].get_xdata()) == 12 and lr_ax.get_yscale() == 'log'
+    lr_line = lr_ax.get_lines()[0]
+    assert list(lr_line.get_xdata()) == list(range(25, 301, 25)) and lr_ax.get_yscale() == 'log'
+    assert max(lr_line.get_ydata()) < 3e-3  # the resumed run's record of iteration 50 replaced the earlier one
 
 
 def test_plot_metrics_on_an_empty_folder_is_a_user_error(tmp_path):
@@ -163,14 +168,9 @@ def test_wandb_missing_package_is_said_and_training_goes_on(tmp_path, monkeypatc
     assert 'wandb package is not installed' in caplog.text
 
 
-def test_wandb_options_are_validated(tmp_path):
-    from codes.utils.options import OptionError, validate_options
-    from tests.test_runner.tiny import tiny_options
-    (tmp_path / 'zurich').mkdir()
-    (tmp_path / 'SyntheticBurstVal').mkdir()
-    opt = tiny_options(tmp_path, tmp_path)
-    opt['logger']['wandb'] = {'project': 'p', 'entity': None, 'resume_id': 'abc123'}
-    assert validate_options(opt)['logger']['wandb']['project'] == 'p'
-    opt['logger']['wandb'] = {'projekt': 'p'}
+def test_wandb_options_are_validated():
+    from codes.utils.options import SCHEMA, OptionError, validate_block
+    block = {'print_freq': 10, 'wandb': {'project': 'p', 'entity': None, 'resume_id': 'abc123'}}
+    assert validate_block(block, SCHEMA['logger'], 'logger')['wandb']['project'] == 'p'
     with pytest.raises(OptionError, match="logger.wandb.projekt': unknown key. Did you mean 'project'"):
-        validate_options(opt)
+        validate_block({'wandb': {'projekt': 'p'}}, SCHEMA['logger'], 'logger')
