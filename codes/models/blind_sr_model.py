@@ -191,7 +191,7 @@ class BlindSRModel(BaseModel):
         views = [_view('bicubic input', bic, rec.get('bicubic_psnr'), 'bicubic_psnr'),
                  _view('prediction', sr.clamp(0, 1), rec.get(metric), metric or 'PSNR')]
         gt = _view('ground truth', self.gt[i].float()) if self.gt is not None else None
-        size = max(96, views[0].srgb.shape[1] // 2)
+        size = min(256, max(128, views[0].srgb.shape[1] // 2))  # kernel tiles: half a full tile, readable
         extra = [('estimated kernel (LR space)', kernel_tile(kernel.detach().float().cpu().numpy(), size))]
         if self.true_kernel is not None:
             extra.append(('true kernel (HR space)', kernel_tile(self.true_kernel[i].float().cpu().numpy(), size)))

@@ -128,8 +128,8 @@ def test_dcls_panel_shows_estimated_and_true_kernel(tmp_path):
     est, true = panel.tile('estimated kernel (LR space)'), panel.tile('true kernel (HR space)')
     assert est.box[1] == true.box[1] and est.box[0] < true.box[0]  # side by side, estimated first
     x, y, w, h = true.box
-    assert np.array_equal(panel.image[y:y + h, x:x + w], kernel_tile(true_k, 96))
-    assert (w, h) == (21 * (96 // 21),) * 2 and panel.image[y:y + h, x:x + w].max() == 255
+    assert np.array_equal(panel.image[y:y + h, x:x + w], kernel_tile(true_k, 128))
+    assert (w, h) == (21 * (128 // 21),) * 2 and panel.image[y:y + h, x:x + w].max() == 255
     vis = tmp_path / 'vis'
     assert {p.name for p in vis.iterdir()} == {f'{rec["key"]}{s}.png' for s in ('', '_ker', '_input', '_gt', '_panel')}
 
