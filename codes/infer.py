@@ -15,7 +15,9 @@ checkpoint, or that does not fit the network, is refused with a message naming t
 
 Per input, under ``--output``: ``<name>_srgb.png`` (8-bit sRGB for viewing) and ``<name>_linear.png`` or
 ``.tiff`` (16-bit linear RGB, clamp to [0, 1] × 65535, channels in RGB order on disk), plus for DCLS
-``<name>_kernel.png`` / ``<name>_kernel.npy``; ``infer_summary.json`` lists what was done.
+``<name>_kernel.png`` / ``<name>_kernel.npy``; ``infer_summary.json`` lists what was done. With ``--compare``
+(a ground truth and/or a second model's checkpoint), also ``<name>_compare.png``, a labelled comparison panel
+(``codes.visualization.infer_compare``).
 """
 from __future__ import annotations
 
@@ -71,6 +73,7 @@ INFER_SCHEMA: dict[str, Any] = {
     'linear_format': Key(('png', 'tiff'), 'png'),
     'save_linear': Key(bool, True),
     'kernel': Key(str | None, None),
+    'compare': Key(list[str] | None, None),
 }
 
 _DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -105,6 +108,9 @@ def build_infer_arg_parser() -> argparse.ArgumentParser:
                    help='do not write the 16-bit linear output')
     p.add_argument('--kernel', help='DCLS: a known LR-space blur kernel (.npy, kernel_size x kernel_size) to use '
                    'instead of the estimated one')
+    p.add_argument('--compare', nargs='+', metavar='SOURCE',
+                   help='write <name>_compare.png panels against a ground truth (an image, or a folder of images '
+                   'named like the inputs) and/or a second model (a .pth/.pt checkpoint)')
     return p
 
 
@@ -114,7 +120,7 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
     file = args.opt
     raw: dict = read_options(file, args.force_yml) if file else apply_overrides({}, args.force_yml)
     for key in ('weights', 'input', 'output', 'device', 'tile', 'tile_overlap', 'precision', 'param_key',
-                'input_kind', 'linear_format', 'save_linear', 'kernel'):
+                'input_kind', 'linear_format', 'save_linear', 'kernel', 'compare'):
         value = getattr(args, key)
         if value is not None:
             raw[key] = value
@@ -499,6 +505,20 @@ def _dry_run(opt: dict) -> None:
                 param_key, device, found, opt['input'])
 
 
+def _write_comparisons(net: nn.Module, net_opt: dict, opt: dict, device: torch.device, out_dir: Path,
+                       records: list[dict]) -> None:
+    """``--compare``: panels of every output against a ground truth and/or a second model's output."""
+    from codes.visualization.infer_compare import write_comparisons
+
+    def run_b(weights: str, folder: Path) -> list[dict]:
+        net_b, opt_b, _ = load_inference_network(weights, {**opt, 'network_g': None, 'arch': {}}, device)
+        if opt_b['type'] != net_opt['type']:
+            raise OptionError('compare', f"{weights} holds a {opt_b['type']}, not a {net_opt['type']}")
+        folder.mkdir(parents=True, exist_ok=True)
+        return RUNNERS[opt_b['type']](net_b, {**opt, 'save_linear': False}, device, folder)
+    write_comparisons(records, opt, int(getattr(net, 'scale', 4)), out_dir, run_b)
+
+
 def infer_pipeline(argv: list[str] | None = None) -> list[dict]:
     """Parse the command line, load the weights, run every input; returns the per-input records.
 
@@ -523,10 +543,15 @@ def infer_pipeline(argv: list[str] | None = None) -> list[dict]:
                           opt['opt_file'])
     logger.info('Network %s from %s [%s] on %s, %s: %s', net_opt['type'], opt['weights'], param_key, device,
                 opt['precision'], net_opt)
+    if opt['compare']:
+        from codes.visualization.infer_compare import split_sources
+        split_sources(opt['compare'])  # a bad source fails before the model runs
     records: list[dict] = []
     complete = False
     try:
         runner(net, opt, device, out_dir, records)
+        if opt['compare']:
+            _write_comparisons(net, net_opt, opt, device, out_dir, records)
         complete = True
     finally:  # also when an input fails: the summary lists the outputs already written
         summary = {'weights': str(opt['weights']), 'param_key': param_key, 'network_g': net_opt,

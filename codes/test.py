@@ -1,10 +1,11 @@
 """Evaluation pipeline: load a checkpoint, score every dataset of the option file, write metrics and images.
 
 For each dataset block ``datasets.<phase>`` it writes, under ``results/<name>/<dataset>/``:
-``metrics.json`` (per-image and mean values, written before anything else of the set), ``visualization/*.png``
-(the model's images, with ``val.save_img``: sRGB prediction | ground truth for burst SR, SR image and ``_ker.png``
-kernel for blind SR) and, for models that write them, ``submission/*.png`` plus ``submission.zip`` (14-bit
-challenge format, with ``val.save_submission``).
+``metrics.json`` (per-image and mean values, written before anything else of the set); with ``val.save_img``,
+``visualization/<key>.png`` (the prediction in sRGB), ``<key>_input.png``, ``<key>_gt.png``, ``<key>_panel.png``
+(the labelled comparison; for blind SR also ``_ker.png``) and ``index.html``, the report page
+(``codes.visualization.report``); and, for models that write them, ``submission/*.png`` plus ``submission.zip``
+(14-bit challenge format, with ``val.save_submission``).
 A sample key with folders (``train/canon/0.jpg_000000``) gives files in the same sub-folders. Training sets
 (``datasets.train*``) are not evaluated. Runs on one process or sharded under torchrun, with a progress bar on
 rank 0 (``val.pbar``; default: when stderr is a terminal). ``--print-options`` prints the resolved options and
@@ -27,6 +28,7 @@ from codes.scripts.sample_data import prepare_from_options
 from codes.utils import dist as du
 from codes.utils.logger import format_options, setup_logging
 from codes.utils.options import OptionError, parse_options, print_options
+from codes.visualization.report import write_report
 
 __all__ = ['test_pipeline']
 
@@ -102,6 +104,8 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
                             zf.write(f, f.relative_to(sub_dir).as_posix())
                 text = ', '.join(f'{k}: {v:.4f}' for k, v in res['mean'].items() if k != 'num_samples')
                 logger.info('%s: %s (%d samples) -> %s', ds_opt['name'], text, res['mean']['num_samples'], out_dir)
+                if img_dir is not None:
+                    logger.info('Report: %s', write_report(out_dir, f"{opt['name']} / {ds_opt['name']}"))
         return results
     finally:
         du.destroy_dist()

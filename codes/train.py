@@ -24,8 +24,9 @@ from codes.models import build_model
 from codes.scripts.sample_data import prepare_from_options
 from codes.utils import dist as du
 from codes.utils.checkpoint import STATE_KEYS, CheckpointError, extract_state_dict, find_resume_state, load_file
-from codes.utils.logger import append_jsonl, format_options, setup_logging
+from codes.utils.logger import append_jsonl, build_trackers, format_options, setup_logging
 from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options, print_options
+from codes.visualization.plots import SCALARS_FILE, plot_metrics
 
 __all__ = ['train_pipeline', 'dry_run', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
 
@@ -162,6 +163,9 @@ def _log_progress(model: Any, logs: dict[str, float], n: int, current_iter: int,
     logger.info('[epoch %d iter %d/%d lr:(%s)] [eta %d:%02d:%02d, %.3fs/it, data %.3fs, %.2f bursts/s%s] %s',
                 epoch, current_iter, total_iter, lrs, eta // 3600, eta // 60 % 60, eta % 60, per_iter, data_time,
                 bursts, mem, losses)
+    append_jsonl(Path(model.opt['path']['experiments_root']) / SCALARS_FILE,
+                 {'iter': current_iter, 'epoch': epoch, **means, 'lr': model.current_lr()[0],
+                  'bursts_per_s': round(bursts, 4), 's_per_iter': round(per_iter, 4)})
     if tb is not None:
         for k, v in means.items():
             tb.add_scalar(f'losses/{k}' if k.startswith('l_') else f'train/{k}', v, current_iter)
@@ -226,6 +230,16 @@ def dry_run(opt: dict, rank: int = 0, world: int = 1) -> Any:
     return model
 
 
+def _write_curves(opt: dict, rank: int) -> None:
+    """``experiments/<name>/metrics.png`` (``codes.visualization.plots``) on rank 0; a failure is only logged."""
+    if rank != 0:
+        return
+    try:
+        logger.info('Curves: %s', plot_metrics(opt['path']['experiments_root']))
+    except Exception as exc:  # matplotlib missing, nothing logged yet, ...: the run itself is fine
+        logger.warning('Curves not written: %s: %s', type(exc).__name__, exc)
+
+
 def _train(opt: dict, args: Any, rank: int, world: int, on_validation: ValidationCallback | None = None) -> Any:
     exp_root = Path(opt['path']['experiments_root'])
     if rank == 0:
@@ -265,10 +279,7 @@ def _train(opt: dict, args: Any, rank: int, world: int, on_validation: Validatio
     if resume is not None:
         model.resume_training(resume[0], resume[1])
         current_iter = resume[0]['iter']
-    tb = None
-    if rank == 0 and opt['logger']['use_tb_logger']:
-        from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(opt['path']['tb_logger'])
+    tb = build_trackers(opt, rank) or None  # TensorBoard and/or W&B (rank 0)
     log_cfg, val_freq = opt['logger'], opt['val']['val_freq']
     use_pbar = log_cfg['use_pbar']
     use_pbar = sys.stderr.isatty() if use_pbar is None else use_pbar
@@ -316,6 +327,7 @@ def _train(opt: dict, args: Any, rank: int, world: int, on_validation: Validatio
         if stopped:
             logger.info('Stopped at iteration %d by the validation callback, after %.1f s', current_iter,
                         time.time() - t_start)
+            _write_curves(opt, rank)
             return model
         if last_saved != current_iter:
             model.save(current_iter, current_iter // iters_per_epoch)
@@ -324,6 +336,7 @@ def _train(opt: dict, args: Any, rank: int, world: int, on_validation: Validatio
             if on_validation is not None:
                 on_validation(current_iter, results)
         logger.info('Training finished at iteration %d in %.1f s', current_iter, time.time() - t_start)
+        _write_curves(opt, rank)
         return model
     finally:
         if pbar is not None:

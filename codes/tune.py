@@ -862,6 +862,16 @@ def _write_results(study: Any, s: _Setup) -> None:
                 s.study_dir / 'best.yml')
 
 
+def _write_study_plots(study: Any, s: _Setup) -> None:
+    """``optimization_history.png`` and ``param_importances.png`` in the study folder; a failure is only logged."""
+    try:
+        from codes.visualization.plots import plot_study
+        for path in plot_study(study, s.study_dir):
+            logger.info('Plot: %s', path)
+    except Exception as exc:  # matplotlib missing, a storage hiccup: the study itself is fine
+        logger.warning('Study plots not written: %s: %s', type(exc).__name__, exc)
+
+
 def tune_pipeline(root_path: str | Path, argv: list[str] | None = None) -> Any:
     """Run (or join, or resume) a study from the command line ``argv``; returns the Optuna study."""
     from optuna.trial import TrialState
@@ -921,6 +931,7 @@ def tune_pipeline(root_path: str | Path, argv: list[str] | None = None) -> Any:
                         f": {attrs.get('fail_reason') or 'pruned at iteration %s' % attrs.get('pruned_at')}")
     finally:
         _write_results(study, s)
+        _write_study_plots(study, s)
         if lock_engine is not None:
             lock_engine.dispose()
     return study

@@ -172,12 +172,19 @@ class PairedBlindSRDataset(_SeededItems, Dataset):
         use_hflip, use_rot: training augmentation.
         seed: fixed base seed for the training crops; None draws from the global generator.
         io_backend: ``{type: disk}`` (default) or ``{type: lmdb, ...}``.
+        dataroot_kernel: a folder of the true blur kernels (``.npy``, or ``.mat`` with one 2-D array), shown beside
+            the estimated kernel in the comparison panels (never used for scoring); samples then carry ``kernel``.
+            Gaussian8 (``make_gaussian8``): ``<set>/kernels`` with ``kernel_key_regex: '(sig[0-9.]+)_.+'``;
+            DIV2KRK: ``gt_k_x4`` with ``kernel_key_regex: 'im_(\\d+)'`` and ``kernel_name: 'kernel_{}'``.
+        kernel_key_regex: ``re.fullmatch`` on the LQ name; its first group fills ``kernel_name``; None: the name.
+        kernel_name: the kernel file's stem, ``{}`` standing for that group.
     """
 
     def __init__(self, dataroot_gt: str, dataroot_lq: str | None = None, scale: int = 4, phase: str = 'val',
                  gt_size: int = 256, modcrop: bool = True, gt_key_regex: str | None = None,
                  lq_key_regex: str | None = None, use_hflip: bool = True, use_rot: bool = True,
-                 seed: int | None = None, io_backend: dict | None = None) -> None:
+                 seed: int | None = None, io_backend: dict | None = None, dataroot_kernel: str | None = None,
+                 kernel_key_regex: str | None = None, kernel_name: str = '{}') -> None:
         if phase not in ('train', 'val', 'test'):
             raise ValueError(f"phase must be 'train', 'val' or 'test', got {phase!r}")
         if phase == 'train' and gt_size % scale:
@@ -204,6 +211,8 @@ class PairedBlindSRDataset(_SeededItems, Dataset):
         self.pairs = _pair(gt_keys, lq_keys, gt_prefix, lq_prefix, gt_key_regex, lq_key_regex, where)
         if not self.pairs:
             raise ValueError(f'{where}: no LQ/GT pairs found')
+        self.kernel_files = (_kernel_files([name for _, _, name in self.pairs], dataroot_kernel, kernel_key_regex,
+                                           kernel_name) if dataroot_kernel else None)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -233,7 +242,42 @@ class PairedBlindSRDataset(_SeededItems, Dataset):
             lq = lq[:, top:top + ls, left:left + ls]
             gt = gt[:, top * s:(top + ls) * s, left * s:(left + ls) * s]
             lq, gt = augment([lq, gt], rng, self.use_hflip, self.use_rot)
-        return {'lq': lq, 'gt': gt, 'key': name, 'gt_key': gt_key}
+        out = {'lq': lq, 'gt': gt, 'key': name, 'gt_key': gt_key}
+        if self.kernel_files is not None:
+            out['kernel'] = torch.from_numpy(read_kernel(self.kernel_files[index]))
+        return out
+
+
+def read_kernel(path: str | Path) -> np.ndarray:
+    """A blur kernel file (``.npy``, or ``.mat`` holding one 2-D numeric array) as float32 (ks, ks)."""
+    path = Path(path)
+    if path.suffix == '.mat':
+        from scipy.io import loadmat
+        arrays = [v for k, v in loadmat(str(path)).items() if not k.startswith('__') and getattr(v, 'ndim', 0) == 2]
+        if len(arrays) != 1:
+            raise ValueError(f'{path}: expected one 2-D array, found {len(arrays)}')
+        array = arrays[0]
+    else:
+        array = np.load(path, allow_pickle=False)
+    if array.ndim != 2 or not np.isfinite(array).all():
+        raise ValueError(f'{path}: a kernel must be a finite 2-D array, got shape {array.shape}')
+    return array.astype(np.float32)
+
+
+def _kernel_files(names: list[str], root: str, regex: str | None, template: str) -> list[Path]:
+    """The kernel file of every LQ name (see ``PairedBlindSRDataset``); all must exist."""
+    pattern = re.compile(regex) if regex else None
+    files, missing = [], []
+    for name in names:
+        stem = template.format(_pair_key(name, pattern, 'kernel', root))
+        found = next((p for p in (Path(root) / f'{stem}.npy', Path(root) / f'{stem}.mat') if p.is_file()), None)
+        if found is None:
+            missing.append(f'{stem}.npy')
+        files.append(found)
+    if missing:
+        raise ValueError(f'dataroot_kernel {root}: no kernel file for {len(missing)} LQ images, e.g. '
+                         f'{", ".join(sorted(set(missing))[:3])} (set kernel_key_regex / kernel_name)')
+    return files
 
 
 def _pair_key(key: str, pattern: re.Pattern | None, side: str, where: str) -> str:

@@ -13,8 +13,9 @@ blind_model.py`` and ``train.py``). The network's ``forward(lq)`` returns ``(sr,
   non-finite guard) is ``BaseModel``'s.
 * Validation: the configured metrics (``calculate_psnr_matlab`` / ``calculate_ssim_matlab``: Y channel, crop =
   scale, uint8 round trip), plus ``bicubic_psnr``, the PSNR of MATLAB-bicubic upsampling of the LQ under the
-  same protocol, so a run shows whether it beats the trivial answer. SR images are saved as ``<key>.png`` and
-  the estimated kernels as ``<key>_ker.png``.
+  same protocol, so a run shows whether it beats the trivial answer. SR images are saved as ``<key>.png``, the
+  estimated kernels as ``<key>_ker.png`` and a comparison panel (bicubic input, SR, GT, crops, error map,
+  estimated and, when the data knows it, true kernel) as ``<key>_panel.png``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -36,6 +36,7 @@ from codes.models.base_model import BaseModel
 from codes.utils.build import OptionError
 from codes.utils.options import TYPED_LOSS, Key
 from codes.utils.registry import MODEL_REGISTRY
+from codes.visualization.panels import Panel, View, comparison_panel, kernel_tile, panel_metric, save_sample_pictures
 
 __all__ = ['BlindSRModel', 'kernel_to_image']
 
@@ -92,6 +93,7 @@ class BlindSRModel(BaseModel):
         self.keys = data.get('key')
         self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
         self.lq_blur = self.lq_clean = None
+        self.true_kernel = data.get('kernel')  # the known blur kernel (synthetic data, dataroot_kernel), if any
         if 'lq' in data:
             self.lq = data['lq'].to(self.device, non_blocking=True)
         else:
@@ -136,8 +138,8 @@ class BlindSRModel(BaseModel):
 
         Args:
             loader: a batch-1 loader of ``PairedBlindSRDataset`` whose sampler shards the dataset.
-            image_dir: write ``<key>.png`` (SR) and ``<key>_ker.png`` (kernel) here for the first ``max_images``
-                samples (``<key>_<iter>...`` during training).
+            image_dir: write ``<key>.png`` (SR), ``<key>_ker.png`` (kernel) and ``<key>_panel.png`` here for the
+                first ``max_images`` samples (``<key>_<iter>...`` during training).
             submission_dir: not used (blind SR has no submission format).
             tb_writer: also send those images to TensorBoard.
         """
@@ -156,8 +158,9 @@ class BlindSRModel(BaseModel):
                         rec[name] = float(self.metrics[name](sr[i], gt))
                     bic = imresize(self.lq[i:i + 1].float(), self.scale)[0].clamp(0, 1)
                     rec['bicubic_psnr'] = calculate_psnr_matlab(bic, gt, crop_border=self.scale)
-                if self.sample_index(len(records)) < max_images:
-                    self._save_visual(sr[i], kernel[i], key, image_dir, tb_writer, dataset_name, current_iter)
+                if self.sample_index(len(records)) < max_images and (image_dir is not None or tb_writer is not None):
+                    self._save_visual(sr[i], kernel[i], i, key, rec, image_dir, tb_writer, dataset_name,
+                                      current_iter)
                 records.append(rec)
         per_image = self._gather(records)
         value_names = [n for n in names + ['bicubic_psnr'] if per_image and n in per_image[0]]
@@ -170,19 +173,38 @@ class BlindSRModel(BaseModel):
         mean['seconds'] = round(time.time() - start, 3)
         return {'mean': mean, 'per_image': per_image}
 
-    def _save_visual(self, sr: Tensor, kernel: Tensor, key: str, image_dir: str | Path | None, tb_writer: Any,
-                     dataset_name: str, current_iter: int) -> None:
-        rgb = to_uint8(sr)
-        ker = kernel_to_image(kernel)
-        if image_dir is not None:
-            stem = f'{key}_{current_iter}' if current_iter else key
-            path = Path(image_dir) / f'{stem}.png'
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-                raise OSError(f'could not write {path}')
-            if not cv2.imwrite(str(path.with_name(f'{path.stem}_ker.png')), ker):
-                raise OSError(f'could not write {path.with_name(f"{path.stem}_ker.png")}')
-        if tb_writer is not None:
-            tb_writer.add_image(f'{dataset_name}/{key}', rgb, current_iter, dataformats='HWC')
-            tb_writer.add_image(f'{dataset_name}/{key}_kernel', ker, current_iter, dataformats='HW')
+    def _save_visual(self, sr: Tensor, kernel: Tensor, i: int, key: str, rec: dict[str, Any],
+                     image_dir: str | Path | None, tb_writer: Any, dataset_name: str, current_iter: int) -> None:
+        """``<stem>.png`` (SR), ``<stem>_ker.png`` (estimated kernel) and the comparison panel ``<stem>_panel.png``
+        (also to TensorBoard), ``<stem>`` being ``<key>_<iter>`` in training; test.py (``current_iter`` 0) also
+        writes the full-resolution ``<key>_input.png`` (bicubic) and ``<key>_gt.png`` for the HTML report."""
+        panel, files = self.make_panel(sr, kernel, i, rec)
+        if current_iter:
+            files = {k: files[k] for k in ('', '_ker')}
+        stem = f'{key}_{current_iter}' if current_iter else key
+        save_sample_pictures(image_dir, stem, panel, files, tb_writer, f'{dataset_name}/{key}', current_iter)
 
+    def make_panel(self, sr: Tensor, kernel: Tensor, i: int,
+                   rec: dict[str, Any]) -> tuple[Panel, dict[str, np.ndarray]]:
+        """The comparison panel of batch sample ``i`` (bicubic input, SR, GT, crops, error map, the estimated and,
+        when the batch has one, the true kernel) and its full-size images by file suffix (``''``: SR, ``'_ker'``,
+        ``'_input'``, ``'_gt'``)."""
+        metric = panel_metric(self.opt.get('val', {}).get('metrics', {}))
+        bic = imresize(self.lq[i:i + 1].float(), self.scale)[0].clamp(0, 1)
+        views = [_view('bicubic input', bic, rec.get('bicubic_psnr'), 'bicubic_psnr'),
+                 _view('prediction', sr.clamp(0, 1), rec.get(metric), metric or 'PSNR')]
+        gt = _view('ground truth', self.gt[i].float()) if self.gt is not None else None
+        size = min(256, max(128, views[0].srgb.shape[1] // 2))  # kernel tiles: half a full tile, readable
+        extra = [('estimated kernel (LR space)', kernel_tile(kernel.detach().float().cpu().numpy(), size))]
+        if self.true_kernel is not None:
+            extra.append(('true kernel (HR space)', kernel_tile(self.true_kernel[i].float().cpu().numpy(), size)))
+        files = {'': views[-1].srgb, '_ker': kernel_to_image(kernel), '_input': views[0].srgb}
+        if gt is not None:
+            files['_gt'] = gt.srgb
+        return comparison_panel(views, gt, border=self.scale, extra=extra), files
+
+
+def _view(name: str, image: Tensor, value: float | None = None, metric: str = 'PSNR') -> View:
+    """A panel view of a (3, H, W) RGB image in [0, 1], shown as the uint8 image the metrics score."""
+    srgb = to_uint8(image)
+    return View(name, srgb, srgb.astype(np.float32) / 255.0, value, metric)

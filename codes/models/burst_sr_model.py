@@ -21,6 +21,7 @@ from codes.metrics.burst_metric import calculate_psnr_linear
 from codes.metrics.metric_util import MetricUnavailable, bilinear_baseline
 from codes.models.base_model import BaseModel
 from codes.utils.registry import MODEL_REGISTRY
+from codes.visualization.panels import Panel, View, comparison_panel, panel_metric, save_sample_pictures
 
 __all__ = ['BurstSRModel', 'save_submission_png', 'render_srgb']
 
@@ -84,7 +85,7 @@ class BurstSRModel(BaseModel):
         Args:
             loader: a batch-1 loader whose sampler shards the dataset (``ShardSampler``).
             dataset_name: used in logs and image names.
-            image_dir: write sRGB PNGs of prediction | ground truth here (the first ``max_images`` samples).
+            image_dir: write comparison panels here (the first ``max_images`` samples; see ``_save_visual``).
             submission_dir: write 14-bit submission PNGs of every prediction here.
             max_images: how many samples get an sRGB image (also sent to TensorBoard when ``tb_writer`` is given).
         """
@@ -103,7 +104,7 @@ class BurstSRModel(BaseModel):
                 if submission_dir is not None:
                     save_submission_png(pred[i], Path(submission_dir) / f'{key}.png')
                 if index < max_images and (image_dir is not None or tb_writer is not None):
-                    self._save_visual(pred[i], i, key, image_dir, tb_writer, dataset_name, current_iter)
+                    self._save_visual(pred[i], i, key, rec, image_dir, tb_writer, dataset_name, current_iter)
                 records.append(rec)
         per_image = self._gather(records)
         value_names = [n for n in names + ['baseline_psnr'] if per_image and n in per_image[0]]
@@ -133,21 +134,45 @@ class BurstSRModel(BaseModel):
                 names.remove(name)
         return rec
 
-    def _save_visual(self, pred: torch.Tensor, i: int, key: str, image_dir: str | Path | None, tb_writer: Any,
-                     dataset_name: str, current_iter: int) -> None:
-        canvas = np.concatenate(self.render_tiles(pred, i), axis=1)
-        if image_dir is not None:
-            path = Path(image_dir) / (f'{key}_{current_iter}.png' if current_iter else f'{key}.png')
-            path.parent.mkdir(parents=True, exist_ok=True)  # keys may hold folders
-            if not cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
-                raise OSError(f'could not write {path}')
-        if tb_writer is not None:
-            tb_writer.add_image(f'{dataset_name}/{key}', canvas, current_iter, dataformats='HWC')
+    def _save_visual(self, pred: torch.Tensor, i: int, key: str, rec: dict[str, Any], image_dir: str | Path | None,
+                     tb_writer: Any, dataset_name: str, current_iter: int) -> None:
+        """The comparison panel of sample ``i`` (``<key>[_<iter>]_panel.png``, TensorBoard); test.py
+        (``current_iter`` 0) also writes the full-resolution views ``<key>.png``, ``_input.png``, ``_gt.png``."""
+        panel, files = self.make_panel(pred, i, rec)
+        stem = f'{key}_{current_iter}' if current_iter else key
+        save_sample_pictures(image_dir, stem, panel, {} if current_iter else files, tb_writer,
+                             f'{dataset_name}/{key}', current_iter)
 
-    def render_tiles(self, pred: torch.Tensor, i: int) -> list[np.ndarray]:
-        """(H, W, 3) uint8 RGB views of the prediction and (when present) the ground truth of batch sample ``i``."""
+    def make_panel(self, pred: torch.Tensor, i: int, rec: dict[str, Any]) -> tuple[Panel, dict[str, np.ndarray]]:
+        """The comparison panel of batch sample ``i`` (metric values from its record ``rec``) and its full-size
+        views by file suffix (``''``: prediction, ``'_input'``, ``'_gt'``)."""
+        views, gt = self.panel_views(pred, i, rec)
+        crop_border = int(self.opt.get('val', {}).get('metrics', {}).get(self.panel_metric or '', {})
+                          .get('crop_border', 40))
+        files = {'': views[-1].srgb, '_input': views[0].srgb}
+        if gt is not None:
+            files['_gt'] = gt.srgb
+        return comparison_panel(views, gt, border=crop_border), files
+
+    @property
+    def panel_metric(self) -> str | None:
+        """The metric shown in the panels' labels."""
+        return panel_metric(self.opt.get('val', {}).get('metrics', {}))
+
+    def panel_views(self, pred: torch.Tensor, i: int, rec: dict[str, Any]) -> tuple[list[View], View | None]:
+        """The views of sample ``i``: the bilinear upsampling of its reference frame and the prediction, with their
+        ``baseline_psnr`` / PSNR metric values, and the ground truth; sRGB through the synthetic post-processing,
+        linear RGB (clamped to [0, 1]) for crop PSNR and the error map."""
         meta = _meta_item(self.meta, i)
-        tiles = [render_srgb(pred, meta)]
-        if self.gt is not None:
-            tiles.append(render_srgb(self.gt[i], meta))
-        return tiles
+        metric = self.panel_metric
+        base = bilinear_baseline(self.lq[i].float())
+        views = [_view('bilinear input', base, render_srgb(base, meta), rec.get('baseline_psnr'), 'baseline_psnr'),
+                 _view('prediction', pred, render_srgb(pred, meta), rec.get(metric), metric or 'PSNR')]
+        gt = None if self.gt is None else _view('ground truth', self.gt[i], render_srgb(self.gt[i], meta))
+        return views, gt
+
+
+def _view(name: str, linear: torch.Tensor, srgb: np.ndarray, value: float | None = None,
+          metric: str = 'PSNR') -> View:
+    data = linear.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return View(name, srgb, data, value, metric)

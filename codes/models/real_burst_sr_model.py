@@ -9,8 +9,9 @@ The BurstSR ground truth (a Canon DSLR) is neither pixel-aligned nor colour-matc
   its ground truth, without cropping, and every metric scores the aligned prediction; metrics that take ``valid``
   (``calculate_aligned_psnr``) get the colour-fit mask. ``baseline_psnr`` is the AlignedPSNR (40 px border) of
   the bilinear upsampling of frame 0, aligned the same way;
-* images: prediction | ground truth rendered with the real-track post-processing (white balance from cam_wb, no
-  colour matrix, gamma, smoothstep), each with its own camera's meta data.
+* images: comparison panels of the baseline and the prediction as aligned for scoring beside the ground truth,
+  rendered with the real-track post-processing (white balance from cam_wb, no colour matrix, gamma, smoothstep)
+  and the Canon's meta data.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from codes.data.camera_pipeline import process_burstsr_image_rgb
 from codes.metrics.aligned_metric import calculate_aligned_psnr
 from codes.metrics.alignment import SpatialColorAlignment, build_flow_estimator
 from codes.metrics.metric_util import bilinear_baseline
-from codes.models.burst_sr_model import BurstSRModel, _meta_item
+from codes.models.burst_sr_model import BurstSRModel, _meta_item, _view
 from codes.utils.options import Key
 from codes.utils.registry import MODEL_REGISTRY
+from codes.visualization.panels import View
 
 __all__ = ['RealBurstSRModel', 'render_burstsr_srgb']
 
@@ -72,6 +74,7 @@ class RealBurstSRModel(BurstSRModel):
         self.alignment = SpatialColorAlignment(estimator, int(align['sr_factor']), boundary_ignore=0)
         self.alignment.to(self.device)
         self.metric_takes_valid = {name: _takes_valid(fn) for name, fn in self.metrics.items()}
+        self._aligned: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def compute_loss(self) -> dict[str, torch.Tensor]:
         with self.autocast():
@@ -91,11 +94,23 @@ class RealBurstSRModel(BurstSRModel):
         base = self.alignment(bilinear_baseline(burst).to(gt.device), gt.unsqueeze(0), burst)
         rec['baseline_psnr'] = calculate_aligned_psnr(base.pred, base.gt, valid=base.valid,
                                                       crop_border=BASELINE_BORDER)
+        self._aligned = {i: (base.pred[0], aligned.pred[0], aligned.gt[0])}  # for this sample's panel
         return rec
 
-    def render_tiles(self, pred: torch.Tensor, i: int) -> list[np.ndarray]:
+    def panel_views(self, pred: torch.Tensor, i: int, rec: dict[str, Any]) -> tuple[list[View], View | None]:
+        """With a ground truth: the bilinear baseline and the prediction as aligned for scoring (in the Canon's
+        geometry and colours) beside the ground truth, all rendered with the Canon's meta data; without one, the
+        baseline and the prediction with the Samsung's."""
         meta = _meta_item(self.meta, i)
-        tiles = [render_burstsr_srgb(pred, meta)]
-        if self.gt is not None:
-            tiles.append(render_burstsr_srgb(self.gt[i], meta, gt=True))
-        return tiles
+        metric = self.panel_metric
+        aligned = self._aligned.pop(i, None) if self.gt is not None else None
+        if aligned is None:
+            base = bilinear_baseline(self.lq[i:i + 1].float())[0]
+            return [_view('bilinear input', base, render_burstsr_srgb(base, meta)),
+                    _view('prediction', pred, render_burstsr_srgb(pred, meta))], None
+        base, pred_a, gt = aligned
+        views = [_view('bilinear input (aligned)', base, render_burstsr_srgb(base, meta, gt=True),
+                       rec.get('baseline_psnr'), 'baseline_psnr'),
+                 _view('prediction (aligned)', pred_a, render_burstsr_srgb(pred_a, meta, gt=True), rec.get(metric),
+                       metric or 'PSNR')]
+        return views, _view('ground truth', gt, render_burstsr_srgb(gt, meta, gt=True))

@@ -101,10 +101,12 @@ def test_test_py_writes_aligned_metrics_and_real_track_images(single, burstsr, t
     # validation during training scored the same weights the same way (fixed frame order, centre crop)
     trained = json.loads((single / 'metrics.jsonl').read_text().splitlines()[-1])
     assert record['mean']['psnr'] == pytest.approx(trained['psnr'], abs=1e-3)
-    images = sorted((out / 'visualization').glob('*.png'))
-    assert len(images) == NUM_VAL
-    canvas = cv2.imread(str(images[0]))
-    assert canvas.shape == (256, 512, 3) and canvas.max() > 100  # prediction | GT, normalised to their max
+    vis = out / 'visualization'
+    assert len(list(vis.glob('*_panel.png'))) == NUM_VAL and (out / 'index.html').is_file()
+    for suffix in ('', '_input', '_gt'):  # real-track renderings, normalised to their max
+        image = cv2.imread(str(vis / f'0200_0000{suffix}.png'))
+        assert image.shape == (256, 256, 3) and image.max() > 100
+    assert cv2.imread(str(vis / '0200_0000_panel.png')).shape[1] > 4 * 256  # input, prediction, GT, error map
     sub = cv2.imread(str(out / 'submission' / '0200_0000.png'), cv2.IMREAD_UNCHANGED)
     assert sub.dtype.name == 'uint16' and sub.shape == (256, 256, 3)
 

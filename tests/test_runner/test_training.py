@@ -47,7 +47,11 @@ def test_loss_falls_and_outputs_are_written(trained):
     records = [json.loads(line) for line in (exp / 'metrics.jsonl').read_text().splitlines()]
     assert len(records) == 1 and records[0]['iter'] == 16 and records[0]['dataset'] == 'val'
     assert {'psnr', 'ssim', 'baseline_psnr', 'num_samples'} <= set(records[0]) and records[0]['num_samples'] == 8
-    assert list((exp / 'visualization' / 'val').glob('*.png'))
+    assert [p.name for p in (exp / 'visualization' / 'val').glob('*.png')] == ['0000_16_panel.png']
+    scalars = [json.loads(line) for line in (exp / 'train_scalars.jsonl').read_text().splitlines()]
+    assert [r['iter'] for r in scalars] == list(range(1, 17)) and {'l_pix', 'lr', 'grad_norm'} <= set(scalars[0])
+    assert [r['l_pix'] for r in scalars] == pytest.approx(losses, rel=1e-3)  # the logged losses, readable
+    assert (exp / 'metrics.png').is_file()  # the curves, drawn at the end of the run
     ckpt = load_file(exp / 'models' / 'net_g_16.pth')
     assert set(ckpt) == {'params'}
 
@@ -79,7 +83,10 @@ def test_test_pipeline_writes_metrics_images_and_submission(trained, tmp_path, s
     # training-time validation of the same weights gave the same mean PSNR
     jsonl = json.loads((exp / 'metrics.jsonl').read_text().splitlines()[-1])
     assert record['mean']['psnr'] == pytest.approx(jsonl['psnr'], abs=1e-4)
-    assert len(list((out / 'visualization').glob('*.png'))) == 8
+    for suffix in ('', '_input', '_gt', '_panel'):  # full-resolution views for the report, and the panel
+        assert len(list((out / 'visualization').glob(f'[0-9][0-9][0-9][0-9]{suffix}.png'))) == 8, suffix
+    assert cv2.imread(str(out / 'visualization' / '0000_gt.png')).shape == (384, 384, 3)
+    assert (out / 'index.html').is_file() and len(list((out / 'thumbs').glob('*.jpg'))) == 8
     sub = cv2.imread(str(out / 'submission' / '0000.png'), cv2.IMREAD_UNCHANGED)
     assert sub.dtype.name == 'uint16' and sub.shape == (384, 384, 3) and sub.max() <= 2 ** 14
     assert (out / 'submission.zip').is_file()

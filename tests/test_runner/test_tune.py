@@ -231,6 +231,8 @@ def test_three_trial_study_prunes_resumes_and_best_yml_trains(tmp_path, sample_d
     with open(exp / 'trials.csv') as f:
         rows = list(csv.DictReader(f))
     assert [r['trial'] for r in rows] == ['0', '1', '2'] and rows[0]['psnr'] and rows[1]['note'].startswith('pruned')
+    assert (exp / 'optimization_history.png').is_file()  # one complete trial: no parameter importances yet
+    assert (exp / 'trial_0' / 'metrics.png').is_file()  # each trial's curves
 
     best = study.best_trial
     text = (exp / 'best.yml').read_text()
