@@ -73,11 +73,14 @@ def test_gpu_check_script_on_cpu(tmp_path: Path) -> None:
     assert report['infer_tiny']['ms_per_burst'] > 0
 
 
-def test_demo_options_valid() -> None:
+def test_demo_options_valid(sample_data) -> None:
     """The demo option file passes validation and its network builds (fast path by default)."""
     from codes.utils.options import load_yaml, validate_options
     path = ROOT / 'options' / 'demo_synthetic.yml'
-    opt = validate_options(load_yaml(path), str(path), is_train=True)
+    raw = load_yaml(path)
+    raw['datasets']['train']['dataroot'] = str(sample_data / 'zurich')  # generated at the entry point, not here
+    raw['datasets']['val']['dataroot'] = str(sample_data / 'SyntheticBurstVal')
+    opt = validate_options(raw, str(path), is_train=True)
     assert opt['train']['total_iter'] == opt['train']['scheduler']['T_max']
     assert opt['train']['warmup_iter'] < opt['train']['total_iter'] and opt['train']['ema_decay'] > 0
     net = build_network(opt['network_g'])

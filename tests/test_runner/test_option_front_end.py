@@ -77,7 +77,7 @@ DICT_VARIANTS = [  # (demo, mutate, key path named in the message, pattern)
     (S, _set('nmae', 'x'), 'nmae', "Did you mean 'name'"),
     (S, _set('train.total_iter', 'many'), 'train.total_iter', 'expected an integer'),
     (S, _set('train.total_iter', 0), 'train.total_iter', 'must be >= 1'),
-    (S, _set('network_g.type', 'BSTR'), 'network_g.type', "Did you mean 'BSRT'"),
+    (S, _set('network_g.type', 'BSTR'), 'network_g.type', "Did you mean .*'BSRT'"),
     (S, _set('network_g.embed_dims', 8), 'network_g.embed_dims', "Did you mean 'embed_dim'"),
     (S, _set('datasets.train.type', 'SyntheticBurst'), 'datasets.train.type', 'No dataset named'),
     (S, _set('datasets.train.dataroot', '/nonexistent/zurich'), 'datasets.train.dataroot', 'does not exist'),
@@ -189,7 +189,8 @@ def test_print_options_prints_the_resolved_options(tmp_path, capsys):
     assert printed['train']['optim_g']['lr'] == 5e-4 and printed['train']['nan_skip_limit'] == 100
     assert printed['path']['experiments_root'] == str(tmp_path / 'experiments' / 'demo_synthetic')
     assert printed['network_g']['window_size'] == 8 and printed['datasets']['train']['max_rotation'] == 1.0  # BSRT's
-    assert printed['train']['optim_g']['betas'] == [0.9, 0.999]  # and Adam's constructor defaults
+    assert printed['train']['optim_g']['betas'] == [0.9, 0.99]  # the file's
+    assert printed['train']['optim_g']['eps'] == 1e-8  # and Adam's constructor defaults
     assert not (tmp_path / 'experiments').exists()
     assert validate_options(printed, 'printed.yml') is not None  # the output is a valid option file itself
 

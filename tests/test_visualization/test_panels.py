@@ -10,6 +10,7 @@ from codes.data import build_dataset
 from codes.metrics.burst_metric import calculate_psnr_linear
 from codes.metrics.metric_util import bilinear_baseline
 from codes.models import build_model
+from codes.utils.options import normalize_options
 from codes.scripts.make_gaussian8 import make_gaussian8
 from codes.visualization.panels import CROP_COLOR, View, comparison_panel, crop_psnr, kernel_tile, select_crop
 from tests.test_runner.tiny import TINY_NET
@@ -78,7 +79,7 @@ def test_burst_model_panel_labels_equal_the_metrics(sample_data, tmp_path):
            'network_g': dict(TINY_NET), 'path': {},
            'val': {'metrics': {'psnr': {'type': 'calculate_psnr_linear', 'crop_border': 40}}}}
     torch.manual_seed(0)
-    model = build_model(opt)
+    model = build_model(normalize_options(opt, tmp_path, is_train=False))
     ds = build_dataset({'type': 'SyntheticBurstValDataset', 'dataroot': str(sample_data / 'SyntheticBurstVal'),
                         'burst_size': 2}, 'val')
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [0]), batch_size=1)
@@ -110,7 +111,7 @@ def test_dcls_panel_shows_estimated_and_true_kernel(tmp_path):
     opt = {'name': 'd', 'model_type': 'BlindSRModel', 'num_gpu': 0, 'is_train': False, 'scale': 2,
            'network_g': net, 'path': {},
            'val': {'metrics': {'psnr': {'type': 'calculate_psnr_matlab', 'crop_border': 2, 'test_y_channel': True}}}}
-    model = build_model(opt)
+    model = build_model(normalize_options(opt, tmp_path, is_train=False))
     ds = build_dataset({'type': 'PairedBlindSRDataset', 'dataroot_gt': str(tmp_path / 'G8' / 'HR'),
                         'dataroot_lq': str(tmp_path / 'G8' / 'LRblur'), 'lq_key_regex': 'sig[0-9.]+_(.+)',
                         'scale': 2, 'dataroot_kernel': str(tmp_path / 'G8' / 'kernels'),
