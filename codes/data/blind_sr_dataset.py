@@ -24,7 +24,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from codes.data.degradations import random_batch_kernels
-from codes.data.io_backend import check_io_backend, natural_key, open_backend, to_bgr_uint8
+from codes.data.io_backend import check_io_backend, open_backend, to_bgr_uint8
+from codes.utils.files import natural_key
 from codes.utils.registry import DATASET_REGISTRY
 
 __all__ = ['augment', 'BlindSRHRDataset', 'PairedBlindSRDataset']

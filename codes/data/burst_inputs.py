@@ -29,8 +29,9 @@ import torch
 from codes.data.camera_pipeline import (_channels_013, apply_ccm, apply_gains, apply_smoothstep, gamma_compression,
                                         pack_raw, process_burstsr_image_rgb)
 from codes.utils.errors import UserError
+from codes.utils.files import IMAGE_EXTENSIONS
 
-__all__ = ['RAW_EXTENSIONS', 'IMAGE_EXTENSIONS', 'Render', 'Burst', 'select_frames', 'read_png_burst',
+__all__ = ['RAW_EXTENSIONS', 'Render', 'Burst', 'select_frames', 'read_png_burst',
            'read_raw_frame', 'read_raw_burst', 'read_burstsr_burst', 'burst_kind', 'find_bursts', 'find_images',
            'read_burst', 'render_srgb', 'srgb_norm_factor', 'read_rgb_image', 'SRGB_TO_XYZ', 'InputError',
            'InputNotFoundError', 'InputReadError', 'MissingPackageError']
@@ -58,7 +59,6 @@ RAW_EXTENSIONS = frozenset({
     '.dng', '.cr2', '.cr3', '.crw', '.nef', '.nrw', '.arw', '.srf', '.sr2', '.raf', '.orf', '.rw2', '.rwl', '.pef',
     '.ptx', '.srw', '.3fr', '.fff', '.iiq', '.mos', '.mef', '.mrw', '.x3f', '.erf', '.kdc', '.dcr', '.raw', '.gpr'})
 #: File endings read as ordinary images (DCLS inputs).
-IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'})
 #: sRGB (D65) -> XYZ, ``burst_data.md`` §2.1.
 SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                         [0.2126729, 0.7151522, 0.0721750],

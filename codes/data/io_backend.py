@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import zlib
 from pathlib import Path
@@ -48,13 +47,14 @@ import cv2
 import numpy as np
 
 from codes.utils.errors import UserError
+from codes.utils.files import IMAGE_EXTENSIONS, natural_key
 
-__all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUTS', 'IMAGE_EXTENSIONS',
+__all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUTS',
            'IO_BACKEND_KEYS', 'ValueInfo', 'LmdbError', 'LmdbFormatError', 'CorruptValueError', 'MissingKeyError',
            'check_io_backend', 'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb',
            'DiskBackend',
            'LmdbBackend', 'BasicSRLmdbBackend', 'DclsLmdbBackend', 'format_meta_line', 'parse_meta_line',
-           'parse_format_record', 'decode_value', 'key_from_name', 'natural_key', 'pair_keys', 'to_bgr_uint8']
+           'parse_format_record', 'decode_value', 'key_from_name', 'pair_keys', 'to_bgr_uint8']
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ FORMAT_KEY = '__format__'  #: JSON format/version record inside the database
 META_PREFIX = '__meta__/'  #: ``__meta__/<key>`` holds the meta_info line of ``<key>`` (for resume and checks)
 LAYOUTS = ('images', 'synburst_val', 'burstsr', 'paired')
 #: Image files a folder scan takes (either case), as BasicSR and DCLS scan them, plus TIFF.
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff')
 PICKLE_EXTENSIONS = ('.pkl',)
 #: ``io_backend`` option keys and their types.
 IO_BACKEND_KEYS: dict[str, type] = {'type': str, 'max_readers': int, 'check_crc': bool, 'readahead': bool}
@@ -122,11 +121,6 @@ def key_from_name(name: str) -> str:
     name = name.replace(os.sep, '/')
     stem, ext = os.path.splitext(name)
     return stem if ext else name
-
-
-def natural_key(text: str) -> list:
-    """Sort key that orders digit runs by value ('img2' before 'img10')."""
-    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', text)]
 
 
 def format_meta_line(info: ValueInfo) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,13 +33,13 @@ from torch.utils.data import Dataset
 from codes.data import camera_pipeline as cp
 from codes.utils.registry import DATASET_REGISTRY
 from codes.data.io_backend import check_io_backend, open_backend, to_bgr_uint8
+from codes.utils.files import IMAGE_EXTENSIONS, natural_key
 from codes.utils.safe_pickle import safe_load_pickle, safe_loads_pickle
 
 __all__ = ['FrameTransform', 'SyntheticBurst', 'random_crop', 'sample_burst_transforms', 'transform_matrix',
            'warp_affine_fixed_point', 'warp_affine', 'downsample_uint8', 'single_to_lr_burst', 'rgb_to_raw_burst',
            'read_image', 'SyntheticBurstDataset', 'SyntheticBurstValDataset']
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 _CV2_MAJOR = int(cv2.__version__.split('.')[0])
 _WARP_BACKENDS = ('auto', 'opencv', 'fixed_point')
 _DATA_HINT = 'see datasets/README.md (or run `python -m codes.scripts.make_sample_data` for a small offline set)'
@@ -306,10 +305,6 @@ def read_image(path: str | os.PathLike, channel_order: str = 'bgr') -> np.ndarra
     return image
 
 
-def _natural_key(path: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', path)]
-
-
 def _to_collatable(value: Any) -> Any:
     """NumPy arrays -> tensors and NumPy scalars -> Python numbers, so ``default_collate`` can batch the meta."""
     if isinstance(value, np.ndarray):
@@ -446,7 +441,7 @@ class SyntheticBurstDataset(Dataset):
             paths = [p for p in zurich.iterdir() if p.suffix.lower() in ('.jpg', '.jpeg') and p.is_file()]
         else:
             paths = [p for p in root.rglob('*') if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-        rel = sorted((p.relative_to(root).as_posix() for p in paths), key=_natural_key)
+        rel = sorted((p.relative_to(root).as_posix() for p in paths), key=natural_key)
         if not rel:
             raise FileNotFoundError(f'SyntheticBurstDataset: no images found in {str(root)!r} (looked for '
                                     f'{zurich.relative_to(root).as_posix()}/*.jpg, then any '
@@ -467,7 +462,7 @@ class SyntheticBurstDataset(Dataset):
         keys = keys or backend.keys()
         if not keys:
             raise FileNotFoundError(f'SyntheticBurstDataset: {backend.path!r} holds no images; {_DATA_HINT}')
-        return sorted(keys, key=_natural_key)
+        return sorted(keys, key=natural_key)
 
     def __len__(self) -> int:
         return len(self.paths) * self.dataset_enlarge_ratio
@@ -533,7 +528,7 @@ class SyntheticBurstValDataset(Dataset):
             self.backend = open_backend(self.io_backend, self.dataroot, layout='synburst_val')
             self.root = Path(self.backend.path)
             self.names = sorted((k.split('/')[1] for k in self.backend.keys('bursts/') if k.endswith('/im_raw_00')),
-                                key=_natural_key)
+                                key=natural_key)
             if not self.backend.record.get('has_gt', True):
                 raise FileNotFoundError(f'SyntheticBurstValDataset: {self.backend.path} was built from a set without '
                                         'gt/; it cannot be used for validation')
@@ -547,7 +542,7 @@ class SyntheticBurstValDataset(Dataset):
                 raise FileNotFoundError(f'SyntheticBurstValDataset: no bursts/ folder in {self.dataroot!r} or its '
                                         f'val/; {_DATA_HINT}')
             self.root = base
-            self.names = sorted((d.name for d in (base / 'bursts').iterdir() if d.is_dir()), key=_natural_key)
+            self.names = sorted((d.name for d in (base / 'bursts').iterdir() if d.is_dir()), key=natural_key)
             where = str(base / 'bursts' / self.names[0]) if self.names else ''
             num_frames = len(list((base / 'bursts' / self.names[0]).glob('im_raw_*.png'))) if self.names else 0
         if not self.names:

@@ -39,8 +39,9 @@ import cv2
 import numpy as np
 
 from codes.utils.errors import UserError
-from codes.data.io_backend import (FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, IMAGE_EXTENSIONS, LAYOUTS, META_PREFIX,
-                                   LmdbBackend, ValueInfo, format_meta_line, is_lmdb, key_from_name, natural_key)
+from codes.data.io_backend import (FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, LAYOUTS, META_PREFIX,
+                                   LmdbBackend, ValueInfo, format_meta_line, is_lmdb, key_from_name)
+from codes.utils.files import IMAGE_EXTENSIONS, atomic_write_bytes, natural_key
 
 __all__ = ['Entry', 'BuildSummary', 'BuildError', 'collect_entries', 'encode_entry', 'create_lmdb', 'verify_lmdb',
            'main']
@@ -431,9 +432,7 @@ def create_lmdb(fmt: str, input_dir: str | os.PathLike, output: str | os.PathLik
                 pool.shutdown()
             bar.close()
         text = ''.join(lines[e.key] + '\n' for e in entries).encode('utf-8')
-        tmp = output / 'meta_info.txt.tmp'
-        tmp.write_bytes(text)
-        os.replace(tmp, output / 'meta_info.txt')
+        atomic_write_bytes(output / 'meta_info.txt', text)
         record.update(complete=True, num_keys=len(entries), meta_crc=zlib.crc32(text),
                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
         while True:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from codes.data.degradations import GAUSSIAN8_SIGMAS, blur, imresize, isotropic_gaussian_kernel
-from codes.data.io_backend import IMAGE_EXTENSIONS
+from codes.utils.files import IMAGE_EXTENSIONS
 
 __all__ = ['sigma_tag', 'make_gaussian8', 'main', 'KERNEL_SIZE']
 

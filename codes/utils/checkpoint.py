@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from codes.utils.errors import UserError
+from codes.utils.files import atomic_open
 
 __all__ = ['atomic_save', 'load_file', 'extract_state_dict', 'load_network', 'get_rng_states', 'set_rng_states',
            'find_resume_state', 'STATE_KEYS', 'CheckpointError', 'SaveError',
@@ -64,20 +65,10 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SaveError(f'could not create the folder of {path}: {exc.strerror or exc}') from exc
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
-        with open(tmp, 'wb') as f:
+        with atomic_open(path, 'wb') as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         cause = _os_cause(exc) if isinstance(exc, Exception) else None
         if cause is None:
             raise

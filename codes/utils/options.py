@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from codes.utils.files import atomic_write_text
 from codes.utils.build import OptionError, OptionErrors, check_kwargs, coerce_value
 from codes.utils.registry import (ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY,
                                   OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY)
@@ -78,10 +79,7 @@ def parse_value(text: str) -> Any:
 
 def dump_yaml(opt: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write options as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(yaml.safe_dump(_plain(opt), sort_keys=False), encoding='utf-8')
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(_plain(opt), sort_keys=False))
 
 
 def _plain(obj: Any) -> Any:

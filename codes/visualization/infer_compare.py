@@ -18,7 +18,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from codes.data.io_backend import IMAGE_EXTENSIONS
+from codes.utils.files import IMAGE_EXTENSIONS
 from codes.utils.build import OptionError
 from codes.visualization.panels import View, comparison_panel, crop_psnr, write_rgb
 

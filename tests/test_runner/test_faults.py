@@ -75,7 +75,7 @@ def test_non_finite_loss_is_skipped_before_backward(tmp_path, sample_data):
 def test_disk_full_during_save_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, sample_data, monkeypatch):
     import builtins
 
-    import codes.utils.checkpoint as ck
+    import codes.utils.files as files
     model, opt = _model(tmp_path, sample_data)
     model.save(1, 0)
     models, states = Path(opt['path']['models']), Path(opt['path']['training_states'])
@@ -102,7 +102,7 @@ def test_disk_full_during_save_names_the_file_and_keeps_the_previous_checkpoint(
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(ck, 'open', lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+    monkeypatch.setattr(files, 'open', lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
     with pytest.raises(SaveError) as info:
         model.save(2, 0)
     msg = str(info.value)
