@@ -118,7 +118,7 @@ def _write_crop(folder: Path, photo: Any, crop_size: int, rng: random.Random, fl
     import numpy as np
     import torch
 
-    from codes.data.synthetic_burst_dataset import random_crop, rgb_to_raw_burst
+    from codes.data.burst_synthesis import random_crop, rgb_to_raw_burst
     border = 24
     hr = 8 * crop_size
     generator = torch.Generator().manual_seed(rng.getrandbits(62))

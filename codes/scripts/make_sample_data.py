@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the heavy imports happen only when something is generated
     import numpy as np
     import torch
 
-    from codes.data.synthetic_burst_dataset import SyntheticBurst
+    from codes.data.burst_synthesis import SyntheticBurst
 
 __all__ = ['ensure_sample_data', 'make_sample_data', 'is_complete', 'read_marker', 'install_sample',
            'synthesize_val_burst', 'main']
@@ -117,7 +117,7 @@ def synthesize_val_burst(index: int, seed: int, photos: dict | None = None) -> '
     """
     import torch
 
-    from codes.data.synthetic_burst_dataset import random_crop, rgb_to_raw_burst
+    from codes.data.burst_synthesis import random_crop, rgb_to_raw_burst
     name = VAL_PHOTOS[index % len(VAL_PHOTOS)]
     if photos is None or name not in photos:
         image = torch.from_numpy(_load_photo(name)).permute(2, 0, 1)

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from codes.data import build_dataset
+from codes.data import burst_synthesis
 from codes.data import camera_pipeline as cp
 from codes.data import synthetic_burst_dataset as sb
 from codes.scripts.make_sample_data import is_complete, make_sample_data, synthesize_val_burst
@@ -45,31 +46,31 @@ def _textured(seed: int, size: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- geometry
 def test_warp_fixed_point_frame0_rule():
     q = np.random.RandomState(0).randint(0, 256, (30, 42, 3), dtype=np.uint8)
-    t0 = sb.transform_matrix(30, 42, sb.FrameTransform(1.5, 1.5, 0.0))
-    np.testing.assert_array_equal(sb.warp_affine_fixed_point(q, t0, (42, 30)), _frame0_rule(q))
+    t0 = burst_synthesis.transform_matrix(30, 42, burst_synthesis.FrameTransform(1.5, 1.5, 0.0))
+    np.testing.assert_array_equal(burst_synthesis.warp_affine_fixed_point(q, t0, (42, 30)), _frame0_rule(q))
 
 
 @pytest.mark.skipif(not cv2.__version__.startswith('4.'), reason='needs OpenCV 4.x (fixed-point warpAffine)')
 def test_warp_fixed_point_matches_opencv4():
     rs, rng = np.random.RandomState(1), random.Random(1)
     q = rs.randint(0, 256, (30, 42, 3), dtype=np.uint8)
-    t0 = sb.transform_matrix(30, 42, sb.FrameTransform(1.5, 1.5, 0.0))
+    t0 = burst_synthesis.transform_matrix(30, 42, burst_synthesis.FrameTransform(1.5, 1.5, 0.0))
     np.testing.assert_array_equal(cv2.warpAffine(q, t0, (42, 30), flags=cv2.INTER_LINEAR), _frame0_rule(q))
     for k in range(20):
         img = rs.randint(0, 256, (int(rs.randint(16, 80)), int(rs.randint(16, 80)), 3), dtype=np.uint8)
         if k % 2:
             img = cv2.GaussianBlur(img, (5, 5), 1.5)
         h, w = img.shape[:2]
-        t = sb.FrameTransform(rng.uniform(-24, 24), rng.uniform(-24, 24), rng.uniform(-1, 1),
+        t = burst_synthesis.FrameTransform(rng.uniform(-24, 24), rng.uniform(-24, 24), rng.uniform(-1, 1),
                               0.05 * (k % 3 == 0), 0.0, 1.0, 1.1 if k % 5 == 0 else 1.0)
-        m = sb.transform_matrix(h, w, t)
-        ours = sb.warp_affine_fixed_point(img, m, (w, h))
+        m = burst_synthesis.transform_matrix(h, w, t)
+        ours = burst_synthesis.warp_affine_fixed_point(img, m, (w, h))
         theirs = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         np.testing.assert_array_equal(ours, theirs)
 
 
 def test_transform_matrix_rotation_convention():
-    m = sb.transform_matrix(100, 200, sb.FrameTransform(3.0, -2.0, 30.0))
+    m = burst_synthesis.transform_matrix(100, 200, burst_synthesis.FrameTransform(3.0, -2.0, 30.0))
     theta = np.deg2rad(30.0)
     a, b = np.cos(theta), np.sin(theta)
     assert np.allclose(m[:, :2], [[a, b], [-b, a]])
@@ -80,13 +81,13 @@ def test_transform_matrix_rotation_convention():
 
 def test_downsample_rule():
     c = np.random.RandomState(2).randint(0, 256, (32, 24, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(sb.downsample_uint8(c, 4), _resize_rule(c))
+    np.testing.assert_array_equal(burst_synthesis.downsample_uint8(c, 4), _resize_rule(c))
 
 
 def test_sample_burst_transforms_ranges_and_draws():
     rng = random.Random(0)
-    transforms = sb.sample_burst_transforms(14, rng)
-    assert transforms[0] == sb.FrameTransform(1.5, 1.5, 0.0)
+    transforms = burst_synthesis.sample_burst_transforms(14, rng)
+    assert transforms[0] == burst_synthesis.FrameTransform(1.5, 1.5, 0.0)
     for t in transforms[1:]:
         assert abs(t.tx) <= 24 and abs(t.ty) <= 24 and abs(t.theta) <= 1
         assert (t.shear_x, t.shear_y, t.ar_factor, t.scale) == (0.0, 0.0, 1.0, 1.0)
@@ -95,7 +96,7 @@ def test_sample_burst_transforms_ranges_and_draws():
         ref.random()
     assert rng.random() == ref.random()
     rng = random.Random(0)
-    still = sb.sample_burst_transforms(3, rng, max_translation=0.0)
+    still = burst_synthesis.sample_burst_transforms(3, rng, max_translation=0.0)
     assert all((t.tx, t.ty) == (1.5, 1.5) for t in still)
     ref = random.Random(0)
     for _ in range(2 * 5):  # the translation draws are skipped
@@ -107,7 +108,7 @@ def test_sample_burst_transforms_ranges_and_draws():
 def test_frame0_aligned_with_gt():
     crop, border = 64, 24
     image = _textured(0, crop + 2 * border)
-    s = sb.rgb_to_raw_burst(image, 3, random.Random(0), torch.Generator().manual_seed(0), add_noise=False,
+    s = burst_synthesis.rgb_to_raw_burst(image, 3, random.Random(0), torch.Generator().manual_seed(0), add_noise=False,
                             border_crop=border, warp_backend='fixed_point')
     assert s.gt.shape == (3, crop, crop) and s.burst.shape == (3, 4, crop // 8, crop // 8)
     # Exact (spec §2.3): warp rule, border crop, resize rule on the uint8-quantised linear image.
@@ -132,7 +133,7 @@ def test_frame0_aligned_with_gt():
 def test_other_frames_shift_within_range():
     crop, border = 256, 24
     image = _textured(3, crop + 2 * border)
-    s = sb.rgb_to_raw_burst(image, 8, random.Random(4), torch.Generator().manual_seed(4), add_noise=False,
+    s = burst_synthesis.rgb_to_raw_burst(image, 8, random.Random(4), torch.Generator().manual_seed(4), add_noise=False,
                             max_rotation=0.0, border_crop=border)
     gray0 = s.burst_rgb[0].mean(0).double().numpy()
     for t, frame in zip(s.transforms[1:], s.burst_rgb[1:]):
@@ -144,9 +145,9 @@ def test_other_frames_shift_within_range():
 
 def test_burst_ranges_and_reproducible_draws():
     image = _textured(1, 112)
-    a = sb.rgb_to_raw_burst(image, 14, random.Random(7), torch.Generator().manual_seed(7), border_crop=24)
+    a = burst_synthesis.rgb_to_raw_burst(image, 14, random.Random(7), torch.Generator().manual_seed(7), border_crop=24)
     rng, gen = random.Random(7), torch.Generator().manual_seed(7)
-    b = sb.rgb_to_raw_burst(image, 14, rng, gen, border_crop=24)
+    b = burst_synthesis.rgb_to_raw_burst(image, 14, rng, gen, border_crop=24)
     torch.testing.assert_close(a.burst, b.burst, rtol=0, atol=0)
     assert 0 <= float(a.burst.min()) and float(a.burst.max()) <= 1 and 0 <= float(a.gt.min()) <= 1
     assert a.burst.shape == (14, 4, 8, 8) and a.gt.shape == (3, 64, 64)
@@ -168,15 +169,15 @@ def test_global_generators_reproduce_the_original_calls():
     image = _textured(2, 80)
     random.seed(3)
     torch.manual_seed(3)
-    a = sb.rgb_to_raw_burst(image, 4, random._inst, None, border_crop=8)
-    b = sb.rgb_to_raw_burst(image, 4, random.Random(3), torch.Generator().manual_seed(3), border_crop=8)
+    a = burst_synthesis.rgb_to_raw_burst(image, 4, random._inst, None, border_crop=8)
+    b = burst_synthesis.rgb_to_raw_burst(image, 4, random.Random(3), torch.Generator().manual_seed(3), border_crop=8)
     torch.testing.assert_close(a.burst, b.burst, rtol=0, atol=0)
     assert a.meta_info['read_noise_level'] == b.meta_info['read_noise_level']
 
 
 def test_random_crop_upsamples_small_images():
     small = torch.rand(3, 40, 60)
-    out = sb.random_crop(small, 64, random.Random(0))  # largest 40x40 crop, upsampled
+    out = burst_synthesis.random_crop(small, 64, random.Random(0))  # largest 40x40 crop, upsampled
     assert out.shape == (3, 64, 64)
     ref = random.Random(0)
     r1, c1 = ref.randint(0, 0), ref.randint(0, 20)
@@ -184,7 +185,7 @@ def test_random_crop_upsamples_small_images():
                                                mode='bilinear', align_corners=False)[0]
     torch.testing.assert_close(out, expected)
     u8 = (torch.rand(3, 90, 80) * 255).to(torch.uint8)
-    out = sb.random_crop(u8, 64, random.Random(0))  # uint8 is converted as ToTensor would
+    out = burst_synthesis.random_crop(u8, 64, random.Random(0))  # uint8 is converted as ToTensor would
     ref = random.Random(0)
     r1, c1 = ref.randint(0, 26), ref.randint(0, 16)
     torch.testing.assert_close(out, u8[:, r1:r1 + 64, c1:c1 + 64].float() / 255, rtol=0, atol=0)
