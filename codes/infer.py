@@ -40,7 +40,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from codes.archs import build_network
 from codes.archs.arch_detect import FAMILIES, detect_family, network_options_from_state_dict
-from codes.data.burst_inputs import find_bursts, read_burst, render_srgb, select_frames, srgb_norm_factor
+from codes.data.burst_readers import find_bursts, read_burst, select_frames
+from codes.data.srgb_render import render_srgb, srgb_norm_factor
 from codes.utils.build import OptionError
 from codes.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_network
 from codes.utils.logger import format_options, setup_logging
@@ -315,7 +316,7 @@ def _packed_raw_frame(path: Path) -> bool:
 def check_image_input(path: str | Path, files: list[Path]) -> None:
     """Refuse a RAW burst given to an image model (DCLS): RAW files, BurstSR samsung_XX folders or packed RAW
     frames. Raises OptionError naming ``input``."""
-    from codes.data.burst_inputs import RAW_EXTENSIONS, burst_kind
+    from codes.data.burst_readers import RAW_EXTENSIONS, burst_kind
     path = Path(path)
     kind = burst_kind(path) if path.is_dir() else ('raw' if path.suffix.lower() in RAW_EXTENSIONS else None)
     raw = kind in ('raw', 'burstsr') or any(_packed_raw_frame(f) for f in files[:1])
@@ -430,7 +431,7 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
     """DCLS on every image under ``opt['input']``: kernel estimated (or given), then the Restorer, tiled; records
     as :func:`run_bursts`."""
     from codes.archs.dcls_arch import MIN_LR_SIZE
-    from codes.data.burst_inputs import find_images, read_rgb_image
+    from codes.data.image_readers import find_images, read_rgb_image
     if opt['input_kind'] not in ('auto', 'image'):
         raise OptionError('input_kind', f"DCLS takes images; got input_kind {opt['input_kind']!r}")
     with _input_errors(opt, 'DCLS'):
@@ -497,7 +498,7 @@ def _dry_run(opt: dict) -> None:
         raise OptionError('network_g.type', f"infer.py runs {', '.join(RUNNERS)}; got {net_opt['type']!r}",
                           opt['opt_file'])
     if net_opt['type'] == 'DCLS':
-        from codes.data.burst_inputs import find_images
+        from codes.data.image_readers import find_images
         found = len(find_images(opt['input']))
     else:
         found = len(find_bursts(opt['input'], opt['input_kind']))

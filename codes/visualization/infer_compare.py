@@ -62,12 +62,13 @@ def _ground_truth(truth: str, name: str, single: bool) -> Path | None:
 def _simple_input(record: dict[str, Any], scale: int) -> np.ndarray:
     """The input seen the simple way, as (H, W, 3) uint8 sRGB."""
     if record['kind'] == 'image':
-        from codes.data.burst_inputs import read_rgb_image
+        from codes.data.image_readers import read_rgb_image
         from codes.data.degradations import imresize
         from codes.metrics.psnr_ssim_metric import to_uint8
         lr = read_rgb_image(record['input'])[None]
         return to_uint8(imresize(lr, scale)[0].clamp(0, 1))
-    from codes.data.burst_inputs import read_burst, render_srgb
+    from codes.data.burst_readers import read_burst
+    from codes.data.srgb_render import render_srgb
     from codes.metrics.metric_util import bilinear_baseline
     burst = read_burst(record['kind'], Path(record['input']))
     frames = burst.frames[record.get('frames_used') or [0]]

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from codes.data.burst_inputs import (Render, find_bursts, find_images, read_burst, read_burstsr_burst,
-                                     read_png_burst, read_raw_burst, read_raw_frame, read_rgb_image, render_srgb,
-                                     select_frames, SRGB_TO_XYZ)
+from codes.data.burst_readers import (SRGB_TO_XYZ, find_bursts, read_burst, read_burstsr_burst, read_png_burst,
+                                      read_raw_burst, read_raw_frame, select_frames)
+from codes.data.image_readers import find_images, read_rgb_image
+from codes.data.srgb_render import Render, render_srgb
 from codes.data.camera_pipeline import mosaic, unpack_raw
 from tests.test_infer.helpers import (AS_SHOT_NEUTRAL, COLOR_MATRIX, mosaic_counts, photo_rgb, write_dng,
                                       write_png_burst)

@@ -54,7 +54,7 @@ def test_png_burst_option_file_and_frame_rule(tmp_path, bsrt_ckpt):
     # params_ema was taken ('auto'), and the linear file holds the EMA network's output
     summary = json.loads((tmp_path / 'out' / 'infer_summary.json').read_text())
     assert summary['param_key'] == 'params_ema' and summary['network_g']['burst_size'] == 2
-    from codes.data.burst_inputs import read_png_burst
+    from codes.data.burst_readers import read_png_burst
     with torch.no_grad():
         ref = ema(read_png_burst(tmp_path / 'burst').frames[:2][None])[0].clamp(0, 1)
     assert np.abs(lin - ref.permute(1, 2, 0).numpy()).max() < 1e-4

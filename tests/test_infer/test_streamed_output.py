@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codes.data.burst_inputs import Render, render_srgb, srgb_norm_factor
+from codes.data.srgb_render import Render, render_srgb, srgb_norm_factor
 from codes.infer import infer_pipeline, linear_to_uint16, stream_outputs
 from codes.utils.image_writers import PngRowWriter, TiffRowWriter, row_writer
 from codes.utils.tiling import (OutputMemoryError, check_memory, tiled_forward, tiled_forward_rows,

@@ -82,7 +82,7 @@ def test_infer_detects_burstormer_on_every_input_kind(trained, tmp_path):
     summary = json.loads((tmp_path / 'o1' / 'infer_summary.json').read_text())
     assert summary['network_g'] == {'type': 'Burstormer', 'track': 'synthetic', 'num_features': 16,
                                     'deformable_groups': 8, 'burst_size': 4}
-    from codes.data.burst_inputs import read_png_burst
+    from codes.data.burst_readers import read_png_burst
     with torch.no_grad():
         ref = net(read_png_burst(tmp_path / 'burst').frames[[0, 1, 2, 1]][None])[0].clamp(0, 1)
     assert np.abs(_read16(rec['linear']) - ref.permute(1, 2, 0).numpy()).max() < 1e-4

@@ -87,7 +87,7 @@ def test_test_pipeline(trained, tmp_path, sample_data):
 
 def test_infer_every_input_kind(trained, tmp_path):
     from tests.test_infer.helpers import mosaic_counts, photo_rgb, write_dng, write_png_burst
-    from codes.data.burst_inputs import read_png_burst
+    from codes.data.burst_readers import read_png_burst
     from codes.data.camera_pipeline import mosaic, unpack_raw
     opt, exp = trained
     weights = exp / 'models' / f"net_g_{opt['train']['total_iter']}.pth"

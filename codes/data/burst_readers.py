@@ -1,11 +1,11 @@
-"""Reading the user's own bursts and images for inference (``infer.py``), and rendering results to sRGB.
+"""Reading the user's own bursts for inference (``infer.py``): discovery, the three burst formats, frame counts.
 
-Burst inputs, each becoming frames (M, 4, h, w): packed RGGB (``bsrt.md`` §1), linear, in [0, 1], frame 0 the
-reference (the first file in natural order):
+Each burst becomes frames (M, 4, h, w): packed RGGB, linear, in [0, 1], frame 0 the reference (the first file in
+natural order), and a :class:`~codes.data.srgb_render.Render` that says how its result is viewed:
 
 * ``png``: a folder of challenge-format frames, 4-channel uint16 PNGs holding packed RGGB × 2^14, read with
-  OpenCV's ``IMREAD_UNCHANGED`` (SyntheticBurstVal / NTIRE layout, ``burst_data.md`` §3-4);
-* ``burstsr``: a BurstSR burst folder with ``samsung_{00..13}/im_raw.png`` and ``meta_info.pkl`` (§5), black level
+  OpenCV's ``IMREAD_UNCHANGED`` (the SyntheticBurstVal / NTIRE layout);
+* ``burstsr``: a BurstSR burst folder with ``samsung_{00..13}/im_raw.png`` and ``meta_info.pkl``, black level
   subtracted and divided by 1023;
 * ``raw``: a folder of RAW files (DNG and the other formats LibRaw reads, via ``rawpy``): the Bayer pattern is
   brought to RGGB by dropping the first row and/or column where needed, per-channel black level subtracted and
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,59 +25,24 @@ import cv2
 import numpy as np
 import torch
 
-from codes.data.camera_pipeline import (_channels_013, apply_ccm, apply_gains, apply_smoothstep, gamma_compression,
-                                        pack_raw, process_burstsr_image_rgb)
-from codes.utils.errors import UserError
-from codes.utils.files import IMAGE_EXTENSIONS
+from codes.data.camera_pipeline import pack_raw
+from codes.data.input_errors import InputError, InputNotFoundError, InputReadError, MissingPackageError
+from codes.data.srgb_render import Render
+from codes.utils.files import natural_key
 
-__all__ = ['RAW_EXTENSIONS', 'Render', 'Burst', 'select_frames', 'read_png_burst',
-           'read_raw_frame', 'read_raw_burst', 'read_burstsr_burst', 'burst_kind', 'find_bursts', 'find_images',
-           'read_burst', 'render_srgb', 'srgb_norm_factor', 'read_rgb_image', 'SRGB_TO_XYZ', 'InputError',
-           'InputNotFoundError', 'InputReadError', 'MissingPackageError']
+__all__ = ['RAW_EXTENSIONS', 'SRGB_TO_XYZ', 'Burst', 'select_frames', 'read_png_burst', 'read_raw_frame',
+           'read_raw_burst', 'read_burstsr_burst', 'burst_kind', 'find_bursts', 'read_burst']
 
 logger = logging.getLogger(__name__)
-
-
-class InputError(UserError, ValueError):
-    """An input (burst, RAW file, image) that cannot be used as it is; the message names the file."""
-
-
-class InputNotFoundError(UserError, FileNotFoundError):
-    """An input path that names nothing usable."""
-
-
-class InputReadError(UserError, OSError):
-    """An input file that cannot be decoded."""
-
-
-class MissingPackageError(UserError, ImportError):
-    """An optional package needed by this input is not installed."""
 
 #: File endings LibRaw reads (case-insensitive).
 RAW_EXTENSIONS = frozenset({
     '.dng', '.cr2', '.cr3', '.crw', '.nef', '.nrw', '.arw', '.srf', '.sr2', '.raf', '.orf', '.rw2', '.rwl', '.pef',
     '.ptx', '.srw', '.3fr', '.fff', '.iiq', '.mos', '.mef', '.mrw', '.x3f', '.erf', '.kdc', '.dcr', '.raw', '.gpr'})
-#: File endings read as ordinary images (DCLS inputs).
-#: sRGB (D65) -> XYZ, ``burst_data.md`` §2.1.
+#: sRGB (D65) -> XYZ (IEC 61966-2-1).
 SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                         [0.2126729, 0.7151522, 0.0721750],
                         [0.0193339, 0.1191920, 0.9503041]])
-BURSTSR_NORM = 1023.0
-
-
-@dataclass(frozen=True)
-class Render:
-    """How linear camera RGB becomes sRGB for viewing (``burst_data.md`` §6): gains [red, 1, blue]·rgb_gain, then
-    either the synthetic path (clamp, optional cam->sRGB matrix) or, with ``normalize_max``, BurstSR's (÷ the image
-    maximum, no matrix); then gamma 1/2.2 and smoothstep. See :func:`render_srgb`."""
-    red_gain: float = 1.0
-    blue_gain: float = 1.0
-    rgb_gain: float = 1.0
-    cam2rgb: tuple[tuple[float, ...], ...] | None = None
-    normalize_max: bool = False
-    gamma: bool = True
-    smoothstep: bool = True
-    source: str = ''
 
 
 @dataclass
@@ -90,9 +54,6 @@ class Burst:
     render: Render
     files: list[str] = field(default_factory=list)
 
-
-def _natural_key(text: str) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r'(\d+)', text)]
 
 
 def select_frames(num_frames: int, burst_size: int) -> tuple[list[int], str | None]:
@@ -142,7 +103,7 @@ def _gray_world(reference: torch.Tensor, source: str) -> Render:
 
 
 def _synthetic_render(path: Path) -> Render:
-    """The synthetic post-processing (``burst_data.md`` §6) from a SyntheticBurstVal-style ``meta_info.pkl``."""
+    """The synthetic post-processing from a SyntheticBurstVal-style ``meta_info.pkl``."""
     from codes.utils.safe_pickle import safe_load_pickle
     meta = safe_load_pickle(path)
     try:
@@ -161,7 +122,7 @@ def read_png_burst(folder: str | os.PathLike) -> Burst:
     beside them (SyntheticBurstVal's, read with the restricted unpickler) drives the rendering; without one the
     rendering uses gray-world white balance."""
     folder = Path(folder)
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() == '.png'), key=lambda p: _natural_key(p.name))
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() == '.png'), key=lambda p: natural_key(p.name.lower()))
     if not files:
         raise InputNotFoundError(f'{folder}: no PNG frames')
     frames = [_read_png_frame(p) for p in files]
@@ -257,7 +218,7 @@ def read_raw_burst(files: str | os.PathLike | Sequence[str | os.PathLike]) -> Bu
         p = Path(files)
         name = p.name if p.is_dir() else p.stem
         files = (sorted((f for f in p.iterdir() if f.suffix.lower() in RAW_EXTENSIONS),
-                        key=lambda f: _natural_key(f.name)) if p.is_dir() else [p])
+                        key=lambda f: natural_key(f.name.lower())) if p.is_dir() else [p])
     else:
         files = [Path(f) for f in files]
         name = files[0].parent.name
@@ -282,12 +243,12 @@ def read_raw_burst(files: str | os.PathLike | Sequence[str | os.PathLike]) -> Bu
 def read_burstsr_burst(folder: str | os.PathLike) -> Burst:
     """A BurstSR burst folder (``samsung_XX/im_raw.png`` + ``meta_info.pkl``), normalised as ``BurstSRDataset``
     does (black level subtracted, ÷ 1023, not clamped); rendered as BurstSR's post-processing (camera white
-    balance, ÷ max, gamma, smoothstep, no colour matrix; ``burst_data.md`` §6)."""
+    balance, ÷ max, gamma, smoothstep, no colour matrix)."""
     from codes.data.burstsr_dataset import normalize_samsung, read_png16
     from codes.utils.safe_pickle import EXIFREAD_ALLOWED, safe_load_pickle
     folder = Path(folder)
     dirs = sorted((d for d in folder.iterdir() if d.is_dir() and d.name.startswith('samsung_')),
-                  key=lambda d: _natural_key(d.name))
+                  key=lambda d: natural_key(d.name.lower()))
     if not dirs:
         raise InputNotFoundError(f'{folder}: no samsung_XX frame folders')
     frames, wb = [], None
@@ -342,7 +303,7 @@ def find_bursts(path: str | os.PathLike, kind: str = 'auto') -> list[tuple[str, 
     own = burst_kind(path)
     if own is not None:
         return [(own if kind == 'auto' else kind, path)]
-    subs = sorted((d for d in path.iterdir() if d.is_dir()), key=lambda d: _natural_key(d.name))
+    subs = sorted((d for d in path.iterdir() if d.is_dir()), key=lambda d: natural_key(d.name.lower()))
     found = []
     for d in subs:
         own = burst_kind(d)
@@ -357,84 +318,3 @@ def find_bursts(path: str | os.PathLike, kind: str = 'auto') -> list[tuple[str, 
 def read_burst(kind: str, path: Path) -> Burst:
     """Read one burst found by :func:`find_bursts`."""
     return _READERS[kind](path)
-
-
-def find_images(path: str | os.PathLike) -> list[Path]:
-    """An image file, or the image files of a folder (natural order)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputNotFoundError(f'input not found: {path}')
-    if path.is_file():
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise InputError(f'{path}: not an image file ({", ".join(sorted(IMAGE_EXTENSIONS))})')
-        return [path]
-    files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                   key=lambda p: _natural_key(p.name))
-    if not files:
-        raise InputNotFoundError(f'{path}: no image files ({", ".join(sorted(IMAGE_EXTENSIONS))})')
-    return files
-
-
-def read_rgb_image(path: str | os.PathLike) -> torch.Tensor:
-    """An 8- or 16-bit image file -> (3, H, W) float32 RGB in [0, 1] (grey is repeated, alpha dropped)."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputReadError(f'cannot decode image: {path}')
-    if image.dtype == np.uint8:
-        scale = 255.0
-    elif image.dtype == np.uint16:
-        scale = 65535.0
-    else:
-        raise InputError(f'{path}: expected an 8- or 16-bit image, got dtype {image.dtype}')
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    else:
-        raise InputError(f'{path}: expected 1, 3 or 4 channels, got {image.shape[2]}')
-    return torch.from_numpy(image.astype(np.float32) / scale).permute(2, 0, 1).contiguous()
-
-
-# ------------------------------------------------------------------------------------------------- rendering
-def _burstsr_meta(render: Render) -> dict:
-    if render.cam2rgb is not None:
-        raise ValueError('render_srgb: normalize_max (BurstSR post-processing) applies no colour matrix')
-    return {'norm_factor': 1.0, 'black_level_subtracted': True,
-            'cam_wb': [render.red_gain * render.rgb_gain, render.rgb_gain, render.blue_gain * render.rgb_gain]}
-
-
-def srgb_norm_factor(linear: torch.Tensor, render: Render) -> float | None:
-    """The maximum that ``normalize_max`` divides by (of the white-balanced image), or None without it. The
-    maximum over bands of rows is that of the whole image, so a streamed output renders as the whole one does."""
-    if not render.normalize_max:
-        return None
-    image = linear.detach().float().cpu()
-    wb = _channels_013(_burstsr_meta(render)['cam_wb'], image, 'cam_wb')
-    return float((image * wb / wb[1]).max())
-
-
-def render_srgb(linear: torch.Tensor, render: Render, norm_factor: float | None = None) -> np.ndarray:
-    """(3, H, W) linear camera RGB -> (H, W, 3) uint8 sRGB (RGB order), ``burst_data.md`` §6.
-
-    With ``normalize_max`` it is BurstSR's real-track post-processing (``process_burstsr_image_rgb``: × the
-    gains, ÷ the maximum, clamp, gamma, smoothstep; no colour matrix); otherwise the synthetic one (gains with
-    clamp, colour matrix, clamp, gamma, smoothstep). ×255 truncated. Every step but the maximum is per pixel, so
-    bands of rows render as the whole image does when ``norm_factor`` gives the whole image's maximum
-    (:func:`srgb_norm_factor`).
-    """
-    image = linear.detach().float().cpu()
-    if render.normalize_max:
-        return process_burstsr_image_rgb(image, _burstsr_meta(render), gamma=render.gamma,
-                                         smoothstep=render.smoothstep, norm_factor=norm_factor, return_np=True)
-    image = apply_gains(image, render.rgb_gain, render.red_gain, render.blue_gain)
-    if render.cam2rgb is not None:
-        image = apply_ccm(image, torch.tensor(render.cam2rgb, dtype=torch.float32))
-    image = image.clamp(0.0, 1.0)
-    if render.gamma:
-        image = gamma_compression(image)
-    if render.smoothstep:
-        image = apply_smoothstep(image)
-    array = image.clamp(0.0, 1.0).permute(1, 2, 0).numpy()
-    return (array * 255).astype(np.uint8)
