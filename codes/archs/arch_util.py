@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
+from codes.utils.checkpoint import load_state_dict_strict
+
 __all__ = [
     'IMPLS', 'resolve_impl', 'flow_warp', 'modulated_deform_conv2d', 'FlowGuidedDCN', 'DCNSep', 'SpyNet',
     'load_spynet_weights'
@@ -405,20 +407,10 @@ def load_spynet_weights(spynet: SpyNet, path: str | Path) -> None:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:
         raise ValueError(f'{path}: cannot be read as a SpyNet weight file ({type(exc).__name__}: {exc})') from exc
-    expected = {k: v.shape for k, v in spynet.named_parameters()}
-    fmt = (f"expected a dict with key 'params' holding the {len(expected)} tensors "
+    fmt = (f"expected a dict with key 'params' holding the {len(list(spynet.parameters()))} tensors "
            "basic_module.{0..5}.basic_module.{0,2,4,6,8}.{weight,bias}")
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get('params'), Mapping):
         keys = list(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise ValueError(f'{path}: not a SpyNet weight file: {fmt}; found {keys}')
-    params = ckpt['params']
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f'{path}: not a SpyNet weight file: {fmt}; missing {missing[:4]}'
-                         f'{" ..." if len(missing) > 4 else ""}, unexpected {unexpected[:4]}'
-                         f'{" ..." if len(unexpected) > 4 else ""}')
-    wrong = [f'{k} {tuple(params[k].shape)} != {tuple(s)}' for k, s in expected.items() if params[k].shape != s]
-    if wrong:
-        raise ValueError(f'{path}: SpyNet tensors with wrong shapes: {", ".join(wrong[:4])}')
-    spynet.load_state_dict(dict(params), strict=False)
+    load_state_dict_strict(spynet, ckpt['params'], str(path), mismatch=f'not a SpyNet weight file ({fmt})',
+                           optional=[name for name, _ in spynet.named_buffers()], error=ValueError)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from codes.utils.checkpoint import CheckpointError, extract_state_dict, load_file
+from codes.utils.checkpoint import extract_state_dict, load_file, load_state_dict_strict
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['PWCNet', 'correlation', 'backwarp', 'convert_pwcnet_checkpoint']
@@ -183,16 +183,7 @@ class PWCNet(nn.Module):
     def load_official(self, path: str | os.PathLike) -> None:
         """Load the official weight file strictly; errors name the file and the differing keys."""
         sd = convert_pwcnet_checkpoint(extract_state_dict(load_file(path), 'params', str(path)))
-        own = self.state_dict()
-        missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        shapes = [f'{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}'
-                  for k in own if k in sd and sd[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            raise CheckpointError(f'{path}: not the PWC-Net weights (pwcnet-network-default.pth): '
-                                  f'{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected '
-                                  f'(e.g. {unexpected[:3]}), {len(shapes)} with other shapes (e.g. {shapes[:3]})')
-        self.load_state_dict(sd, strict=True)
+        load_state_dict_strict(self, sd, str(path), mismatch='not the PWC-Net weights (pwcnet-network-default.pth)')
         logger.info('Loaded PWC-Net weights from %s', path)
 
     def train(self, mode: bool = True) -> 'PWCNet':

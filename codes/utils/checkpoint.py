@@ -14,7 +14,7 @@ import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from codes.utils.files import atomic_open
 
 __all__ = ['atomic_save', 'load_file', 'extract_state_dict', 'load_network', 'get_rng_states', 'set_rng_states',
            'find_resume_state', 'STATE_KEYS', 'CheckpointError', 'SaveError',
-           'CheckpointNotFoundError']
+           'CheckpointNotFoundError', 'load_state_dict_strict']
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +131,30 @@ def _fitting_network(sd: Mapping[str, torch.Tensor]) -> str:
         return ''
 
 
-def load_network(net: nn.Module, path: str | os.PathLike, strict: bool = True, param_key: str = 'params') -> None:
-    """Load weights from ``path`` into ``net`` (bare state_dict, BasicSR wrapper or ``module.`` prefix accepted).
+def load_state_dict_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, *,
+                           strict: bool = True, mismatch: str | None = None, hint: str | Callable[[], str] = '',
+                           optional: Collection[str] = (), error: Callable[[str], Exception] = CheckpointError
+                           ) -> None:
+    """Load ``state_dict`` into ``net`` after comparing its keys and shapes with ``net.state_dict()``.
 
-    A checkpoint made for another architecture raises ``CheckpointError`` naming the file and the differing keys.
+    A tensor of another shape, and with ``strict`` a missing or unexpected key, raises ``error`` with the message
+    ``'<source>: <mismatch>: 2 missing (e.g. [...]); 1 unexpected (e.g. [...]); 1 with other shapes (e.g. [...])'``
+    (only the parts that occur) followed by ``hint``. Without ``strict`` the differing keys are logged as a warning
+    and the others are loaded.
+
+    Args:
+        source: the file (or other origin) the message names.
+        mismatch: what the message says is wrong; default ``'does not fit <class of net>'``.
+        hint: appended to the message; a callable is called only when there is a message.
+        optional: keys of ``net`` that ``state_dict`` need not hold (they keep their values), such as buffers a
+            published weight file leaves out.
+        error: the exception class raised.
     """
-    sd = extract_state_dict(load_file(path), param_key, str(path))
     own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f'{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}'
-              for k in own if k in sd and sd[k].shape != own[k].shape]
+    missing = [k for k in own if k not in state_dict and k not in optional]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f'{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
     if shapes or (strict and (missing or unexpected)):
         parts = []
         if missing:
@@ -150,12 +163,23 @@ def load_network(net: nn.Module, path: str | os.PathLike, strict: bool = True, p
             parts.append(f'{len(unexpected)} unexpected (e.g. {unexpected[:3]})')
         if shapes:
             parts.append(f'{len(shapes)} with other shapes (e.g. {shapes[:3]})')
-        raise CheckpointError(f'{path}: does not fit {type(net).__name__}: ' + '; '.join(parts) +
-                              '. Is it a checkpoint of another architecture or size (check network_g)?' +
-                              _fitting_network(sd))
+        headline = mismatch if mismatch is not None else f'does not fit {type(net).__name__}'
+        raise error(f'{source}: {headline}: ' + '; '.join(parts) + (hint() if callable(hint) else hint))
     if missing or unexpected:
-        logger.warning('%s: loaded non-strictly; missing %s, unexpected %s', path, missing[:5], unexpected[:5])
-    net.load_state_dict(sd, strict=strict)
+        logger.warning('%s: loaded non-strictly; missing %s, unexpected %s', source, missing[:5], unexpected[:5])
+    kept = [k for k in optional if k in own and k not in state_dict]
+    net.load_state_dict(state_dict, strict=strict and not kept)
+
+
+def load_network(net: nn.Module, path: str | os.PathLike, strict: bool = True, param_key: str = 'params') -> None:
+    """Load weights from ``path`` into ``net`` (bare state_dict, BasicSR wrapper or ``module.`` prefix accepted).
+
+    A checkpoint made for another architecture raises ``CheckpointError`` naming the file and the differing keys.
+    """
+    sd = extract_state_dict(load_file(path), param_key, str(path))
+    load_state_dict_strict(net, sd, str(path), strict=strict,
+                           hint=lambda: '. Is it a checkpoint of another architecture or size (check network_g)?'
+                           + _fitting_network(sd))
     logger.info('Loaded %s [%s] into %s', path, param_key, type(net).__name__)
 
 
