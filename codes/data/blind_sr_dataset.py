@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from codes.data.dataset_checks import check_choice, check_min
 from codes.data.degradations import random_batch_kernels
 from codes.data.io_backend import check_io_backend, open_backend, to_bgr_uint8
 from codes.utils.files import natural_key
@@ -115,8 +116,7 @@ class BlindSRHRDataset(_SeededItems, Dataset):
             raise ValueError(f'need 0 < sig_min <= sig_max, got {sig_min}, {sig_max}')
         if noise and noise_high <= 0:
             raise ValueError('noise is on but noise_high is not positive')
-        if dataset_enlarge_ratio < 1:
-            raise ValueError(f'dataset_enlarge_ratio must be >= 1, got {dataset_enlarge_ratio}')
+        check_min('dataset_enlarge_ratio', dataset_enlarge_ratio, 1)
         self.scale, self.gt_size = scale, gt_size
         self.kernel_opt = dict(size=kernel_size, sig_min=sig_min, sig_max=sig_max, rate_iso=rate_iso,
                                random_disturb=random_disturb)
@@ -186,8 +186,7 @@ class PairedBlindSRDataset(_SeededItems, Dataset):
                  lq_key_regex: str | None = None, use_hflip: bool = True, use_rot: bool = True,
                  seed: int | None = None, io_backend: dict | None = None, dataroot_kernel: str | None = None,
                  kernel_key_regex: str | None = None, kernel_name: str = '{}') -> None:
-        if phase not in ('train', 'val', 'test'):
-            raise ValueError(f"phase must be 'train', 'val' or 'test', got {phase!r}")
+        check_choice('phase', phase, ('train', 'val', 'test'))
         if phase == 'train' and gt_size % scale:
             raise ValueError(f'gt_size ({gt_size}) must be a multiple of scale ({scale})')
         self.scale, self.phase, self.gt_size, self.modcrop = scale, phase, gt_size, modcrop

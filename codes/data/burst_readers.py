@@ -244,7 +244,8 @@ def read_burstsr_burst(folder: str | os.PathLike) -> Burst:
     """A BurstSR burst folder (``samsung_XX/im_raw.png`` + ``meta_info.pkl``), normalised as ``BurstSRDataset``
     does (black level subtracted, ÷ 1023, not clamped); rendered as BurstSR's post-processing (camera white
     balance, ÷ max, gamma, smoothstep, no colour matrix)."""
-    from codes.data.burstsr_dataset import normalize_samsung, read_png16
+    from codes.data.burstsr_dataset import normalize_samsung
+    from codes.data.io_backend import read_png16
     from codes.utils.safe_pickle import EXIFREAD_ALLOWED, safe_load_pickle
     folder = Path(folder)
     dirs = sorted((d for d in folder.iterdir() if d.is_dir() and d.name.startswith('samsung_')),

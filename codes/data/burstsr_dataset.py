@@ -17,12 +17,10 @@ The PNGs are read with OpenCV's ``IMREAD_UNCHANGED``, which undoes OpenCV's on-d
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,11 +28,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from codes.data.camera_pipeline import pack_raw, unpack_raw
+from codes.data.dataset_checks import check_choice, check_min, check_range
 from codes.utils.registry import DATASET_REGISTRY
-from codes.data.io_backend import check_io_backend, open_backend
+from codes.data.io_backend import check_io_backend, check_png16, open_backend, read_png16
 from codes.utils.safe_pickle import EXIFREAD_ALLOWED, safe_load_pickle, safe_loads_pickle
 
-__all__ = ['BurstSRDataset', 'BurstFiles', 'KNOWN_BAD_CROPS', 'SAMSUNG_NORM', 'CANON_NORM', 'read_png16',
+__all__ = ['BurstSRDataset', 'BurstFiles', 'KNOWN_BAD_CROPS', 'SAMSUNG_NORM', 'CANON_NORM',
            'exif_value', 'exposure_scale', 'normalize_samsung', 'normalize_canon', 'bayer_flip']
 
 logger = logging.getLogger(__name__)
@@ -59,24 +58,6 @@ class BurstFiles(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def read_png16(path: str | os.PathLike, channels: int) -> np.ndarray:
-    """A uint16 PNG with ``channels`` channels as (H, W, C), read with ``IMREAD_UNCHANGED`` (in-memory order)."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'file not found: {path}')
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise OSError(f'cannot decode image: {path}')
-    return _check_png16(image, channels, path)
-
-
-def _check_png16(image: np.ndarray, channels: int, source: str) -> np.ndarray:
-    if image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != channels:
-        raise ValueError(f'{source}: expected a {channels}-channel uint16 PNG, got dtype {image.dtype} and shape '
-                         f'{image.shape}')
-    return image
-
-
 def exif_value(exif: Mapping[str, Any], tag: str, source: str) -> float:
     """``exif[tag].values[0]`` as a float (``.decimal()`` of a rational); errors name ``source`` and the tag."""
     if not isinstance(exif, Mapping) or tag not in exif:
@@ -215,12 +196,9 @@ class BurstSRDataset(Dataset):
                  exclude: list[str] | None = None, seed: int | None = None,
                  io_backend: dict | None = None) -> None:
         super().__init__()
-        if split not in ('train', 'val'):
-            raise ValueError(f"BurstSRDataset: split must be 'train' or 'val', got {split!r}")
-        if not 1 <= burst_size <= NUM_FRAMES:
-            raise ValueError(f'BurstSRDataset: burst_size must be in 1..{NUM_FRAMES}, got {burst_size}')
-        if crop_size < 1:
-            raise ValueError(f'BurstSRDataset: crop_size must be positive, got {crop_size}')
+        check_choice('split', split, ('train', 'val'), owner='BurstSRDataset')
+        check_range('burst_size', burst_size, 1, NUM_FRAMES, owner='BurstSRDataset')
+        check_min('crop_size', crop_size, 1, owner='BurstSRDataset')
         self.io_backend = check_io_backend(io_backend)
         self.dataroot = str(dataroot)
         self.split = split
@@ -280,7 +258,7 @@ class BurstSRDataset(Dataset):
             keys = [f'{base_key}/{d}/{f}' for d in [f'samsung_{i:02d}' for i in frame_ids] + ['canon']
                     for f in ('im_raw', 'meta_info')]
             values = self.backend.get_many(keys)
-            arrays = [_check_png16(v, 4 if '/samsung_' in k else 3, self.backend.describe(k))
+            arrays = [check_png16(v, 4 if '/samsung_' in k else 3, self.backend.describe(k))
                       for k, v in zip(keys[::2], values[::2])]
             metas = [self._meta_from_bytes(v, self.backend.describe(k)) for k, v in zip(keys[1::2], values[1::2])]
             return BurstFiles(arrays[:-1], metas[:-1], arrays[-1], metas[-1])

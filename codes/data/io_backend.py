@@ -54,7 +54,8 @@ __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUT
            'check_io_backend', 'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb',
            'DiskBackend',
            'LmdbBackend', 'BasicSRLmdbBackend', 'DclsLmdbBackend', 'format_meta_line', 'parse_meta_line',
-           'parse_format_record', 'decode_value', 'key_from_name', 'pair_keys', 'to_bgr_uint8']
+           'parse_format_record', 'decode_value', 'key_from_name', 'pair_keys', 'to_bgr_uint8', 'check_png16',
+           'read_png16']
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,25 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 4:
         return np.ascontiguousarray(image[..., :3])
     return image
+
+
+def check_png16(image: np.ndarray, channels: int, source: str) -> np.ndarray:
+    """``image`` itself if it is a (H, W, ``channels``) uint16 array, else ``ValueError`` naming ``source``."""
+    if image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != channels:
+        raise ValueError(f'{source}: expected a {channels}-channel uint16 PNG, got dtype {image.dtype} and shape '
+                         f'{image.shape}')
+    return image
+
+
+def read_png16(path: str | os.PathLike, channels: int) -> np.ndarray:
+    """A uint16 PNG with ``channels`` channels as (H, W, C), read with ``IMREAD_UNCHANGED`` (in-memory order)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'file not found: {path}')
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise OSError(f'cannot decode image: {path}')
+    return check_png16(image, channels, path)
 
 
 def pair_keys(gt_keys: Iterable[str], lq_keys: Iterable[str], where: str) -> list[str]:

@@ -85,16 +85,19 @@ def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler,
 
     Workers are seeded from ``seed`` and ``rank`` through the loader's generator, so augmentation is reproducible
     and differs between ranks and workers.
+
+    ``opt`` is a block of the normalised options (``codes.utils.options.normalize_options``), which holds every
+    loader key with its default; a training block also holds ``batch_size_per_gpu``, which the schema requires.
     """
-    workers = int(opt.get('num_worker_per_gpu', 0))
+    workers = opt['num_worker_per_gpu']
     g = torch.Generator().manual_seed(seed + 1000 * rank)
     kwargs: dict[str, Any] = dict(
-        batch_size=int(opt.get('batch_size_per_gpu', 1)) if train else 1, sampler=sampler, num_workers=workers,
-        pin_memory=bool(opt.get('pin_memory', False)), drop_last=train, generator=g,
-        worker_init_fn=seed_worker, timeout=float(opt.get('timeout', 0)) if workers else 0,
+        batch_size=opt['batch_size_per_gpu'] if train else 1, sampler=sampler, num_workers=workers,
+        pin_memory=opt['pin_memory'], drop_last=train, generator=g,
+        worker_init_fn=seed_worker, timeout=opt['timeout'] if workers else 0,
     )
     if workers > 0:
-        kwargs['persistent_workers'] = bool(opt.get('persistent_workers', False))
-        if opt.get('prefetch_factor'):
-            kwargs['prefetch_factor'] = int(opt['prefetch_factor'])
+        kwargs['persistent_workers'] = opt['persistent_workers']
+        if opt['prefetch_factor'] is not None:
+            kwargs['prefetch_factor'] = opt['prefetch_factor']
     return DataLoader(dataset, **kwargs)

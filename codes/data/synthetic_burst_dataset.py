@@ -20,8 +20,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from codes.data.burst_synthesis import WARP_BACKENDS, random_crop, rgb_to_raw_burst
+from codes.data.dataset_checks import check_choice, check_min, check_multiple
 from codes.utils.registry import DATASET_REGISTRY
-from codes.data.io_backend import check_io_backend, open_backend, to_bgr_uint8
+from codes.data.io_backend import check_io_backend, check_png16, open_backend, read_png16, to_bgr_uint8
 from codes.utils.files import IMAGE_EXTENSIONS, natural_key
 from codes.utils.safe_pickle import safe_load_pickle, safe_loads_pickle
 
@@ -58,20 +59,12 @@ def _to_collatable(value: Any) -> Any:
 
 def _check_uint16(image: np.ndarray, channels: int, where: str) -> Tensor:
     """(C, H, W) float32 = (H, W, C) uint16 array / 2^14; ``where`` names the file or database key in errors."""
-    if image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != channels:
-        raise ValueError(f'{where}: expected a {channels}-channel uint16 PNG, got dtype {image.dtype} and shape '
-                         f'{image.shape}')
-    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) / 2 ** 14
+    return torch.from_numpy(check_png16(image, channels, where).astype(np.float32)).permute(2, 0, 1) / 2 ** 14
 
 
 def _read_uint16_png(path: Path, channels: int) -> Tensor:
     """(C, H, W) float32 = uint16 PNG / 2^14, read with ``IMREAD_UNCHANGED`` (undoes OpenCV's on-disk BGR(A))."""
-    if not path.is_file():
-        raise FileNotFoundError(f'file not found: {path}')
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise OSError(f'cannot decode image: {path}')
-    return _check_uint16(image, channels, str(path))
+    return _check_uint16(read_png16(path, channels), channels, str(path))
 
 
 def _meta_dict(meta: Any, where: str) -> dict:
@@ -126,23 +119,14 @@ class SyntheticBurstDataset(Dataset):
                  warp_backend: str = 'auto', seed: int | None = None, dataset_enlarge_ratio: int = 1,
                  io_backend: dict | None = None) -> None:
         super().__init__()
-        if burst_size < 1:
-            raise ValueError(f'burst_size must be >= 1, got {burst_size}')
-        if downsample_factor < 1:
-            raise ValueError(f'downsample_factor must be >= 1, got {downsample_factor}')
-        if crop_size <= 0 or crop_size % (2 * downsample_factor):
-            raise ValueError(f'crop_size must be a positive multiple of 2*downsample_factor = '
-                             f'{2 * downsample_factor}, got {crop_size}')
-        if border_crop < 0:
-            raise ValueError(f'border_crop must be >= 0, got {border_crop}')
-        if channel_order not in ('bgr', 'rgb'):
-            raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
-        if phase not in ('train', 'val', 'test'):
-            raise ValueError(f"phase must be 'train', 'val' or 'test', got {phase!r}")
-        if warp_backend not in WARP_BACKENDS:
-            raise ValueError(f'warp_backend must be one of {WARP_BACKENDS}, got {warp_backend!r}')
-        if dataset_enlarge_ratio < 1:
-            raise ValueError(f'dataset_enlarge_ratio must be >= 1, got {dataset_enlarge_ratio}')
+        check_min('burst_size', burst_size, 1)
+        check_min('downsample_factor', downsample_factor, 1)
+        check_multiple('crop_size', crop_size, 2 * downsample_factor, '2*downsample_factor')
+        check_min('border_crop', border_crop, 0)
+        check_choice('channel_order', channel_order, ('bgr', 'rgb'))
+        check_choice('phase', phase, ('train', 'val', 'test'))
+        check_choice('warp_backend', warp_backend, WARP_BACKENDS)
+        check_min('dataset_enlarge_ratio', dataset_enlarge_ratio, 1)
         self.io_backend = check_io_backend(io_backend)
         self.dataroot = str(dataroot)
         self.burst_size = burst_size
@@ -256,8 +240,7 @@ class SyntheticBurstValDataset(Dataset):
 
     def __init__(self, dataroot: str, burst_size: int = 14, io_backend: dict | None = None) -> None:
         super().__init__()
-        if burst_size < 1:
-            raise ValueError(f'burst_size must be >= 1, got {burst_size}')
+        check_min('burst_size', burst_size, 1)
         self.io_backend = check_io_backend(io_backend)
         self.dataroot = str(dataroot)
         self.burst_size = burst_size
