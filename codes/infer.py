@@ -346,9 +346,9 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
     with logging_redirect_tqdm([logging.getLogger('codes')]), \
             tqdm(jobs, desc='bursts', unit='burst', disable=None) as files_bar, \
             tqdm(desc='tiles', unit='tile', leave=False, disable=None) as tiles_bar:
-        for kind_i, path in files_bar:
+        for found_kind, path in files_bar:
             with _input_errors(opt, 'BSRT'):
-                burst = read_burst(kind_i, path)
+                burst = read_burst(found_kind, path)
             idx, message = select_frames(burst.frames.shape[0], net.burst_size)
             if message:
                 logger.warning('%s: %s', path, message)
@@ -364,12 +364,12 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
             render = burst.render
             stream_outputs(rows, (8 * h, 8 * w), srgb_path, lin_path, partial(_render_band, render),
                            partial(srgb_norm_factor, render=render) if render.normalize_max else None)
-            record = {'input': str(path), 'kind': kind_i, 'frames': len(burst.files), 'frames_used': idx,
+            record = {'input': str(path), 'kind': found_kind, 'frames': len(burst.files), 'frames_used': idx,
                       'frame_rule': message, 'input_size': [h, w], 'output_size': [8 * h, 8 * w],
                       'seconds': round(time.time() - start, 3), 'render': burst.render.source, 'srgb': str(srgb_path)}
             if lin_path is not None:
                 record['linear'] = str(lin_path)
-            logger.info('%s (%s, %d frames, %dx%d packed) -> %s', path, kind_i, len(burst.files), *x.shape[-2:],
+            logger.info('%s (%s, %d frames, %dx%d packed) -> %s', path, found_kind, len(burst.files), *x.shape[-2:],
                         srgb_path)
             records.append(record)
     return records
@@ -459,26 +459,26 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
             start = time.time()
             kernel = given if given is not None else estimate_kernel(net, lr, tile, opt['tile_overlap'], device,
                                                                      opt['precision'], tiles_bar)
-            k_dev = kernel.to(device)
+            kernel_on_device = kernel.to(device)
 
             def restore(x: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad(), _autocast(device, opt['precision']):
-                    return net.Restorer(x.to(device), k_dev).float()
+                    return net.Restorer(x.to(device), kernel_on_device).float()
 
             def to_srgb(band: torch.Tensor, _: Any) -> np.ndarray:
                 return (band.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
             stem = out_dir / path.stem
             srgb_path = stem.with_name(f'{path.stem}_sr.png')
-            p16 = stem.with_name(f'{path.stem}_sr16{suffix}') if opt['save_linear'] else None
+            sr16_path = stem.with_name(f'{path.stem}_sr16{suffix}') if opt['save_linear'] else None
             rows = tiled_forward_rows(restore, lr, s, tile, opt['tile_overlap'], multiple=1, min_size=MIN_LR_SIZE,
                                       progress=tiles_bar)
-            stream_outputs(rows, (s * h, s * w), srgb_path, p16, to_srgb)
+            stream_outputs(rows, (s * h, s * w), srgb_path, sr16_path, to_srgb)
             record = {'input': str(path), 'kind': 'image', 'input_size': [h, w], 'output_size': [s * h, s * w],
                       'seconds': round(time.time() - start, 3), 'srgb': str(srgb_path),
                       'kernel': 'given' if given is not None else 'estimated'}
-            if p16 is not None:
-                record['sr16'] = str(p16)
+            if sr16_path is not None:
+                record['sr16'] = str(sr16_path)
             npy, png = save_kernel(kernel, stem)
             record.update(kernel_npy=str(npy), kernel_png=str(png))
             logger.info('%s (%dx%d) -> %s', path, *lr.shape[-2:], record['srgb'])

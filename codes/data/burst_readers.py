@@ -122,7 +122,8 @@ def read_png_burst(folder: str | os.PathLike) -> Burst:
     beside them (SyntheticBurstVal's, read with the restricted unpickler) drives the rendering; without one the
     rendering uses gray-world white balance."""
     folder = Path(folder)
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() == '.png'), key=lambda p: natural_key(p.name.lower()))
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() == '.png'),
+                   key=lambda p: natural_key(p.name.lower()))
     if not files:
         raise InputNotFoundError(f'{folder}: no PNG frames')
     frames = [_read_png_frame(p) for p in files]

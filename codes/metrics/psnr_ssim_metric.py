@@ -37,7 +37,10 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     return img @ np.array([65.481, 128.553, 24.966]) + 16.0
 
 
-def _prepare(pred: Tensor, gt: Tensor, crop_border: int, test_y_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+def _quantise_and_crop(pred: Tensor, gt: Tensor, crop_border: int, test_y_channel: bool
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The two arrays a MATLAB-style metric compares: (3, H, W) images quantised to uint8, then the Y channel (or
+    RGB) as float64 on the 0-255 scale, ``crop_border`` pixels cut from each side."""
     a, b = to_uint8(pred), to_uint8(gt)
     if test_y_channel:
         if a.shape[-1] != 3:
@@ -91,7 +94,8 @@ def calculate_psnr_matlab(pred: Tensor, gt: Tensor, *, crop_border: int = 0, tes
         test_y_channel: score the BT.601 luma (SR papers) instead of the three RGB channels.
     """
     pred, gt = as_batch(pred, gt)
-    return float(np.mean([psnr_matlab(*_prepare(p, g, crop_border, test_y_channel)) for p, g in zip(pred, gt)]))
+    return float(np.mean([psnr_matlab(*_quantise_and_crop(p, g, crop_border, test_y_channel))
+                          for p, g in zip(pred, gt)]))
 
 
 @METRIC_REGISTRY.register()
@@ -104,7 +108,8 @@ def calculate_ssim_matlab(pred: Tensor, gt: Tensor, *, crop_border: int = 0, tes
         test_y_channel: score the BT.601 luma instead of the three RGB channels.
     """
     pred, gt = as_batch(pred, gt)
-    return float(np.mean([ssim_matlab(*_prepare(p, g, crop_border, test_y_channel)) for p, g in zip(pred, gt)]))
+    return float(np.mean([ssim_matlab(*_quantise_and_crop(p, g, crop_border, test_y_channel))
+                          for p, g in zip(pred, gt)]))
 
 
 
