@@ -17,8 +17,6 @@ RGB, not clamped. Parts:
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence
 
@@ -30,34 +28,13 @@ from codes.archs.burst_blocks import BurstHeadMixin, up2
 from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, WindowAttention, shift_mask
 from codes.utils.registry import ARCH_REGISTRY
 
-__all__ = ['BSRT', 'FlowGuidedPCDAlign', 'convert_bsrt_checkpoint', 'BSRT_LEVELS']
+__all__ = ['BSRT', 'FlowGuidedPCDAlign', 'BSRT_LEVELS']
 
 # Published hyper-parameters (``make_model`` in the original): embed_dim, depths (pre_layers first), num_heads.
 BSRT_LEVELS: dict[str, dict] = {
     'S': dict(embed_dim=60, depths=(6, 6, 6, 6, 6), num_heads=6),
     'L': dict(embed_dim=180, depths=(6, 8, 8, 8, 8, 8, 8), num_heads=6),
 }
-
-
-def convert_bsrt_checkpoint(state_dict: Mapping, param_key: str = 'params') -> 'OrderedDict[str, torch.Tensor]':
-    """Normalise a BSRT checkpoint into a bare state_dict for ``BSRT.load_state_dict(..., strict=True)``.
-
-    Accepts the official bare state_dict, a ``{'params': ...}`` / ``{'params_ema': ...}`` wrapper (``param_key``
-    first, then the other of the two), and strips a ``module.`` prefix. The input is left unchanged.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f'expected a state_dict (a mapping), got {type(state_dict).__name__}')
-    for key in (param_key, 'params', 'params_ema'):
-        if isinstance(state_dict.get(key), Mapping):
-            state_dict = state_dict[key]
-            break
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for k, v in state_dict.items():
-        if not isinstance(v, torch.Tensor):
-            raise ValueError(f"not a BSRT state_dict: entry '{k}' is a {type(v).__name__}, not a tensor "
-                             f"(wrapper keys tried: {param_key!r}, 'params', 'params_ema')")
-        out[k[len('module.'):] if k.startswith('module.') else k] = v
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------- blocks

@@ -41,7 +41,7 @@ import os
 import threading
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -54,7 +54,7 @@ __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUT
            'check_io_backend', 'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb',
            'DiskBackend',
            'LmdbBackend', 'BasicSRLmdbBackend', 'DclsLmdbBackend', 'format_meta_line', 'parse_meta_line',
-           'parse_format_record', 'decode_value', 'key_from_name', 'pair_keys', 'to_bgr_uint8', 'check_png16',
+           'parse_format_record', 'decode_value', 'key_from_name', 'to_bgr_uint8', 'check_png16',
            'read_png16']
 
 logger = logging.getLogger(__name__)
@@ -239,16 +239,6 @@ def read_png16(path: str | os.PathLike, channels: int) -> np.ndarray:
     if image is None:
         raise OSError(f'cannot decode image: {path}')
     return check_png16(image, channels, path)
-
-
-def pair_keys(gt_keys: Iterable[str], lq_keys: Iterable[str], where: str) -> list[str]:
-    """The common keys of two sets, which must match (``where`` names them in the error); natural order."""
-    gt, lq = set(gt_keys), set(lq_keys)
-    if gt != lq:
-        only_gt, only_lq = sorted(gt - lq, key=natural_key), sorted(lq - gt, key=natural_key)
-        raise ValueError(f'{where}: GT and LQ keys differ: {len(only_gt)} only in GT {only_gt[:5]}, '
-                         f'{len(only_lq)} only in LQ {only_lq[:5]}')
-    return sorted(gt, key=natural_key)
 
 
 def is_lmdb(path: str | os.PathLike) -> bool:

@@ -12,10 +12,11 @@ from torchvision.ops import deform_conv2d
 from codes.archs import build_network
 from codes.archs.arch_util import (DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights,
                                    modulated_deform_conv2d)
-from codes.archs.bsrt_arch import BSRT, convert_bsrt_checkpoint
+from codes.archs.bsrt_arch import BSRT
 from codes.archs.swin_blocks import (BasicLayer, PatchEmbed, PatchUnEmbed, compute_shift_mask, relative_position_index,
                                      window_partition, window_reverse)
 from codes.utils.build import OptionError
+from codes.utils.checkpoint import extract_state_dict
 from tests.spec_keys import read_spec_keys
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -304,27 +305,11 @@ def test_spynet_weights(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints
-def test_convert_bsrt_checkpoint() -> None:
-    sd = {'conv_last.weight': torch.zeros(3), 'conv_last.bias': torch.ones(3)}
-    ema = {'conv_last.weight': torch.full((3, ), 2.0), 'conv_last.bias': torch.ones(3)}
-    prefixed = {f'module.{k}': v for k, v in sd.items()}
-    assert list(convert_bsrt_checkpoint(sd)) == list(sd)
-    assert list(convert_bsrt_checkpoint(prefixed)) == list(sd)
-    assert convert_bsrt_checkpoint({'params': prefixed})['conv_last.weight'].sum() == 0
-    assert convert_bsrt_checkpoint({'params_ema': ema})['conv_last.weight'].sum() == 6
-    both = {'params': sd, 'params_ema': ema}
-    assert convert_bsrt_checkpoint(both)['conv_last.weight'].sum() == 0
-    assert convert_bsrt_checkpoint(both, param_key='params_ema')['conv_last.weight'].sum() == 6
-    assert 'module.conv_last.weight' in prefixed  # input unchanged
-    with pytest.raises(ValueError, match='not a tensor'):
-        convert_bsrt_checkpoint({'iter': 3, 'net': sd})
-
-
-def test_convert_then_strict_load(tiny: BSRT) -> None:
+def test_wrapped_checkpoint_then_strict_load(tiny: BSRT) -> None:
     wrapped = {'params': {f'module.{k}': v.clone() for k, v in tiny.state_dict().items()}}
     torch.manual_seed(3)
     other = BSRT(**TINY)
-    other.load_state_dict(convert_bsrt_checkpoint(wrapped), strict=True)
+    other.load_state_dict(extract_state_dict(wrapped), strict=True)  # what load_network does with the file
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), tiny.state_dict().values()))
 
 
