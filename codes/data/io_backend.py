@@ -41,7 +41,7 @@ import os
 import threading
 import zlib
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import cv2
 import numpy as np
@@ -50,7 +50,7 @@ from codes.utils.errors import UserError
 from codes.utils.files import IMAGE_EXTENSIONS, natural_key
 
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUTS',
-           'IO_BACKEND_KEYS', 'ValueInfo', 'LmdbError', 'LmdbFormatError', 'CorruptValueError', 'MissingKeyError',
+           'IO_BACKEND_KEYS', 'Backend', 'ValueInfo', 'LmdbError', 'LmdbFormatError', 'CorruptValueError', 'MissingKeyError',
            'check_io_backend', 'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb',
            'DiskBackend',
            'LmdbBackend', 'BasicSRLmdbBackend', 'DclsLmdbBackend', 'format_meta_line', 'parse_meta_line',
@@ -64,7 +64,7 @@ FORMAT_VERSION = 1
 FORMAT_KEY = '__format__'  #: JSON format/version record inside the database
 META_PREFIX = '__meta__/'  #: ``__meta__/<key>`` holds the meta_info line of ``<key>`` (for resume and checks)
 LAYOUTS = ('images', 'synburst_val', 'burstsr', 'paired')
-#: Image files a folder scan takes (either case), as BasicSR and DCLS scan them, plus TIFF.
+#: Files a folder scan takes besides the images (``IMAGE_EXTENSIONS``): the meta pickles.
 PICKLE_EXTENSIONS = ('.pkl',)
 #: ``io_backend`` option keys and their types.
 IO_BACKEND_KEYS: dict[str, type] = {'type': str, 'max_readers': int, 'check_crc': bool, 'readahead': bool}
@@ -94,6 +94,33 @@ class CorruptValueError(LmdbError, ValueError):
 
 class MissingKeyError(LmdbError, KeyError):
     """A key absent from meta_info, or listed there but absent from the database."""
+
+
+# ---------------------------------------------------------------------------------------------------- interface
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend offers: :class:`DiskBackend`, :class:`LmdbBackend`, :class:`BasicSRLmdbBackend` and
+    :class:`DclsLmdbBackend` (the LMDB readers also carry ``record``, their format record, and ``layout``)."""
+    kind: str  #: 'disk' or 'lmdb'
+    path: str  #: the data folder or the database, for messages
+
+    def keys(self, prefix: str = '') -> list[str]:
+        """The keys that start with ``prefix``."""
+
+    def name(self, key: str) -> str:
+        """The relative file name (with extension) of ``key``."""
+
+    def describe(self, key: str) -> str:
+        """Where ``key`` lives, for messages."""
+
+    def get(self, key: str) -> np.ndarray | bytes:
+        """The value of ``key``: an array as ``cv2.imread(IMREAD_UNCHANGED)`` gives it, or a pickle's bytes."""
+
+    def get_many(self, keys: Sequence[str]) -> list:
+        """The values of ``keys``, in one read where the storage allows it."""
+
+    def close(self) -> None:
+        """Release what the backend holds open in this process."""
 
 
 # ---------------------------------------------------------------------------------------------------- meta_info
@@ -282,7 +309,7 @@ def check_io_backend(io_backend: Mapping[str, Any] | None) -> dict:
 
 
 def open_backend(io_backend: Mapping[str, Any] | None, root: str | os.PathLike,
-                 layout: str | Sequence[str] | None = None) -> 'DiskBackend | LmdbBackend':
+                 layout: str | Sequence[str] | None = None) -> Backend:
     """The backend an ``io_backend`` option dict asks for, over ``root``.
 
     Args:

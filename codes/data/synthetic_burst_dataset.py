@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 from codes.data.burst_synthesis import WARP_BACKENDS, random_crop, rgb_to_raw_burst
 from codes.data.dataset_checks import check_choice, check_min, check_multiple
 from codes.utils.registry import DATASET_REGISTRY
-from codes.data.io_backend import check_io_backend, check_png16, open_backend, read_png16, to_bgr_uint8
+from codes.data.io_backend import (Backend, check_io_backend, check_png16, open_backend, read_png16,
+                                  to_bgr_uint8)
 from codes.utils.files import IMAGE_EXTENSIONS, natural_key
 from codes.utils.safe_pickle import safe_load_pickle, safe_loads_pickle
 
@@ -171,7 +172,7 @@ class SyntheticBurstDataset(Dataset):
         return rel
 
     @staticmethod
-    def _find_keys(backend: Any, phase: str) -> list[str]:
+    def _find_keys(backend: Backend, phase: str) -> list[str]:
         """The LMDB counterpart of ``_find_images``: ``{train|test}/canon/*.jpg`` keys if there are any, else all."""
         def zurich(split: str) -> list[str]:
             return [k for k in backend.keys(f'{split}/canon/') if '/' not in k[len(split) + 7:]

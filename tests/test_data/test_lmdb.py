@@ -517,3 +517,45 @@ def test_truncated_data_mdb_is_refused_before_any_read(tmp_path):
         iob.open_lmdb(db)
     with pytest.raises(iob.LmdbFormatError, match='truncated'):
         iob.open_backend({'type': 'lmdb'}, db)
+
+
+def test_every_reader_open_backend_returns_is_a_backend(tmp_path):
+    import typing
+    assert typing.get_type_hints(iob.open_backend)['return'] is iob.Backend
+    src = _images_dir(tmp_path / 'imgs')
+    cl.create_lmdb('images', src, tmp_path / 'imgs.lmdb', progress=False)
+    basicsr = tmp_path / 'basicsr.lmdb'
+    _raw_lmdb(basicsr, {'0001': cv2.imencode('.png', _photo(4, 4))[1].tobytes()})
+    (basicsr / 'meta_info.txt').write_text('0001.png (4,4,3) 1\n')
+    dcls = tmp_path / 'dcls.lmdb'
+    _raw_lmdb(dcls, {'x': _photo(4, 4).tobytes()})
+    with open(dcls / 'meta_info.pkl', 'wb') as f:
+        pickle.dump({'name': 'x', 'keys': ['x'], 'resolution': ['3_4_4']}, f)
+    readers = [iob.open_backend({'type': 'disk'}, src), iob.open_backend({'type': 'lmdb'}, src),
+               iob.open_backend({'type': 'lmdb'}, basicsr), iob.open_backend({'type': 'lmdb'}, dcls)]
+    assert [type(r) for r in readers] == [iob.DiskBackend, iob.LmdbBackend, iob.BasicSRLmdbBackend,
+                                          iob.DclsLmdbBackend]
+    for reader in readers:
+        assert isinstance(reader, iob.Backend), type(reader).__name__
+        key = reader.keys()[0]
+        assert reader.get_many([key])[0].shape == reader.get(key).shape and reader.describe(key)
+        reader.close()
+
+    class NoGetMany:  # missing one method of the interface
+        kind, path = 'disk', '.'
+
+        def keys(self, prefix=''):
+            return []
+
+        def name(self, key):
+            return key
+
+        def describe(self, key):
+            return key
+
+        def get(self, key):
+            return b''
+
+        def close(self):
+            pass
+    assert not isinstance(NoGetMany(), iob.Backend)
