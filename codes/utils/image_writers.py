@@ -3,9 +3,11 @@
 :class:`PngRowWriter` writes an 8- or 16-bit grey/RGB PNG (zlib-compressed scanlines with the Sub filter, as the
 PNG specification, ISO/IEC 15948, defines them) and :class:`TiffRowWriter` an uncompressed baseline TIFF (TIFF 6.0,
 one strip per block of rows); rows are given top to bottom as (n, W[, C]) arrays in RGB order. Both write to a
-hidden temporary name in the target folder and rename it on :meth:`close`, so a failed or interrupted run never
-leaves a truncated file under the real name; :meth:`abort` (or leaving the ``with`` block on an exception)
-removes the temporary file.
+hidden temporary name in the target folder (``.<name>.partial<pid>``) and, on :meth:`close`, fsync it, rename it
+and fsync the folder, as :func:`codes.utils.files.atomic_open` does for whole files, so a failed or interrupted
+run never leaves a truncated file under the real name; :meth:`abort` (or leaving the ``with`` block on an
+exception) removes the temporary file. The file stays open across calls, which is why the writer does not use
+``atomic_open``'s ``with`` block.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from codes.utils.errors import UserError
+from codes.utils.files import fsync_dir
 
 __all__ = ['PngRowWriter', 'TiffRowWriter', 'row_writer']
 
@@ -72,6 +75,7 @@ class _RowWriter:
         except BaseException:
             self.abort()
             raise
+        fsync_dir(self.path.parent)  # the rename survives a power cut, as with codes.utils.files.atomic_open
 
     def abort(self) -> None:
         """Drop the temporary file (the target name is left as it was)."""

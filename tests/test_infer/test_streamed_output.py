@@ -1,6 +1,7 @@
 """Streamed tiled inference: bands equal the whole-output reference, streamed files equal OpenCV's, the sRGB of a
 render that divides by the image maximum is unchanged, and an output that cannot fit is refused before any work."""
 import json
+import os
 
 import cv2
 import numpy as np
@@ -52,6 +53,20 @@ def test_streamed_files_read_back_as_written(tmp_path, cls, suffix):
     with pytest.raises(ValueError, match='5 of 29 rows'), row_writer(tmp_path / 'short.png', 41, 29, 3) as w:
         w.write(np.zeros((5, 41, 3), np.uint8))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f'a_{d}{suffix}' for d in ('uint8', 'uint16'))
+
+
+def test_a_finished_file_is_renamed_then_its_folder_synced(tmp_path, monkeypatch):
+    import codes.utils.image_writers as writers
+    events = []
+    monkeypatch.setattr(writers, 'fsync_dir', lambda folder: events.append(('fsync_dir', folder,
+                                                                          (tmp_path / 'a.png').exists())))
+    with row_writer(tmp_path / 'a.png', 4, 2, 3) as w:
+        w.write(np.zeros((2, 4, 3), np.uint8))
+        assert [p.name for p in tmp_path.iterdir()] == [f'.a.png.partial{os.getpid()}']
+    assert events == [('fsync_dir', tmp_path, True)]  # after the rename, on the target's folder
+    with pytest.raises(RuntimeError), row_writer(tmp_path / 'b.png', 4, 2, 3):
+        raise RuntimeError('interrupted')
+    assert len(events) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ['a.png']
 
 
 @pytest.mark.parametrize('render', [Render(red_gain=1.7, blue_gain=1.3, rgb_gain=1.1),
