@@ -297,11 +297,11 @@ def _estimate_map_size(entries: Sequence[Entry], compress_level: int | None) -> 
 def _read_existing(env: object, output: str) -> tuple[dict | None, dict[str, str]]:
     """The format record (unchecked) and the meta lines already in a database (for --resume)."""
     with env.begin() as txn:  # type: ignore[attr-defined]
-        raw = txn.get(FORMAT_KEY.encode())
+        stored_record = txn.get(FORMAT_KEY.encode())
         record = None
-        if raw is not None:
+        if stored_record is not None:
             try:
-                record = json.loads(bytes(raw).decode('utf-8'))
+                record = json.loads(bytes(stored_record).decode('utf-8'))
             except ValueError:
                 raise BuildError(f'{output}: its {FORMAT_KEY!r} record is not JSON; use --overwrite') from None
         lines: dict[str, str] = {}
@@ -411,8 +411,8 @@ def _byte_groups(chunk: Sequence[Entry], encoded: Sequence[tuple[bytes, ValueInf
 class _Written:
     """What a build wrote: values, their stored bytes and their bytes as arrays."""
     values: int = 0
-    stored: int = 0
-    raw: int = 0
+    stored_bytes: int = 0
+    array_bytes: int = 0
 
 
 def _write_values(db: GrowingMap, pending: Sequence[Entry], total: int, lines: dict[str, str],
@@ -434,8 +434,8 @@ def _write_values(db: GrowingMap, pending: Sequence[Entry], total: int, lines: d
             for group, group_bytes in _byte_groups(chunk, encoded):
                 for entry, value, info in group:
                     lines[entry.key] = format_meta_line(info)
-                    written.stored += len(value)
-                    written.raw += info.nbytes
+                    written.stored_bytes += len(value)
+                    written.array_bytes += info.nbytes
                 db.write(functools.partial(_put_values, group=group), group_bytes)
                 written.values += len(group)
                 bar.update(len(group))
@@ -499,7 +499,7 @@ def create_lmdb(fmt: str, input_dir: str | os.PathLike, output: str | os.PathLik
         db.env.close()
     verified = verify_lmdb(output, entries, progress=progress) if verify else None
     summary = BuildSummary(str(output), fmt, len(entries), written.values, len(entries) - written.values,
-                           written.stored, written.raw, size, db.growths, time.perf_counter() - start, verified)
+                           written.stored_bytes, written.array_bytes, size, db.growths, time.perf_counter() - start, verified)
     log(_summary_text(summary, facts, compress_level))
     return summary
 
