@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import logging
 import os
@@ -32,8 +33,9 @@ import shutil
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -44,7 +46,7 @@ from codes.data.io_backend import (FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, LAYO
 from codes.utils.files import IMAGE_EXTENSIONS, atomic_write_bytes, natural_key
 
 __all__ = ['Entry', 'BuildSummary', 'BuildError', 'collect_entries', 'encode_entry', 'create_lmdb', 'verify_lmdb',
-           'main']
+           'GrowingMap', 'main']
 
 logger = logging.getLogger(__name__)
 
@@ -295,11 +297,11 @@ def _estimate_map_size(entries: Sequence[Entry], compress_level: int | None) -> 
 def _read_existing(env: object, output: str) -> tuple[dict | None, dict[str, str]]:
     """The format record (unchecked) and the meta lines already in a database (for --resume)."""
     with env.begin() as txn:  # type: ignore[attr-defined]
-        raw = txn.get(FORMAT_KEY.encode())
+        stored_record = txn.get(FORMAT_KEY.encode())
         record = None
-        if raw is not None:
+        if stored_record is not None:
             try:
-                record = json.loads(bytes(raw).decode('utf-8'))
+                record = json.loads(bytes(stored_record).decode('utf-8'))
             except ValueError:
                 raise BuildError(f'{output}: its {FORMAT_KEY!r} record is not JSON; use --overwrite') from None
         lines: dict[str, str] = {}
@@ -313,7 +315,9 @@ def _read_existing(env: object, output: str) -> tuple[dict | None, dict[str, str
     return record, lines
 
 
-def _prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
+def _claim_output_folder(output: Path, resume: bool, overwrite: bool) -> None:
+    """Check that the build may write ``output`` (new, or an LMDB to ``resume``); with ``overwrite``, delete the
+    database there first (only an LMDB folder, or an empty folder, is ever deleted)."""
     if output.suffix != '.lmdb':
         raise BuildError(f'--output must end in .lmdb, got {output}')
     if resume and overwrite:
@@ -334,17 +338,121 @@ def _prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
     shutil.rmtree(output)
 
 
-def _write_batch(env: object, batch: list[tuple[Entry, bytes, ValueInfo]]) -> None:
-    with env.begin(write=True) as txn:  # type: ignore[attr-defined]
-        for entry, value, info in batch:
-            key = entry.key.encode('utf-8')
-            txn.put(key, value)
-            txn.put(META_PREFIX.encode() + key, format_meta_line(info).encode('utf-8'))
+def _check_resumable(output: Path, record: dict | None, lines: dict[str, str], entries: Sequence[Entry], fmt: str,
+                     compress_level: int | None) -> None:
+    """A database to ``--resume`` must have been written by this tool, with the same layout and compression, and
+    hold no key the input no longer has."""
+    if (record is None and lines) or (record is not None and record.get('format') != FORMAT_NAME):
+        raise BuildError(f'--resume: {output} was not written by create_lmdb (no {FORMAT_NAME} record)')
+    for name, want in (('layout', fmt), ('compress_level', compress_level)):
+        if record is not None and record.get(name) != want:
+            raise BuildError(f'--resume: {output} has {name} {record.get(name)!r}, this build {want!r}; use '
+                             'the same arguments, or --overwrite')
+    stale = sorted(set(lines) - {e.key for e in entries}, key=natural_key)
+    if stale:
+        raise BuildError(f'--resume: {output} holds {len(stale)} keys the input no longer has (e.g. '
+                         f'{stale[:3]}); use --overwrite')
 
 
-def _put_record(env: object, record: dict) -> None:
-    with env.begin(write=True) as txn:  # type: ignore[attr-defined]
-        txn.put(FORMAT_KEY.encode(), json.dumps(record, sort_keys=True).encode('utf-8'))
+class GrowingMap:
+    """An open LMDB environment whose map grows whenever a write transaction reports ``MDB_MAP_FULL``.
+
+    LMDB rolls the failed transaction back whole, so the write is retried after each growth, to
+    ``max(2 x size, size + 2 x nbytes)`` where ``nbytes`` is what the write adds. ``size`` is the current map
+    size and ``growths`` counts the growths so far.
+    """
+
+    def __init__(self, env: Any, size: int, name: str) -> None:
+        self.env, self.size, self.name = env, size, name
+        self.growths = 0
+
+    def write(self, put: Callable[[Any], None], nbytes: int = 0) -> None:
+        """Run ``put(txn)`` in one write transaction, growing the map and retrying while the map is full."""
+        import lmdb
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    put(txn)
+                return
+            except lmdb.MapFullError:
+                self.size = max(2 * self.size, self.size + 2 * nbytes)
+                self.env.set_mapsize(self.size)
+                self.growths += 1
+                logger.info('%s: MDB_MAP_FULL, map_size grown to %d bytes', self.name, self.size)
+
+
+def _put_values(txn: Any, group: list[tuple[Entry, bytes, ValueInfo]]) -> None:
+    for entry, value, info in group:
+        key = entry.key.encode('utf-8')
+        txn.put(key, value)
+        txn.put(META_PREFIX.encode() + key, format_meta_line(info).encode('utf-8'))
+
+
+def _put_record(txn: Any, record: dict) -> None:
+    txn.put(FORMAT_KEY.encode(), json.dumps(record, sort_keys=True).encode('utf-8'))
+
+
+def _byte_groups(chunk: Sequence[Entry], encoded: Sequence[tuple[bytes, ValueInfo]]
+                 ) -> Iterator[tuple[list[tuple[Entry, bytes, ValueInfo]], int]]:
+    """(group, stored bytes) of ``chunk``, split so that one transaction never holds more than BATCH_BYTES."""
+    group: list[tuple[Entry, bytes, ValueInfo]] = []
+    group_bytes = 0
+    for entry, (value, info) in zip(chunk, encoded):
+        group.append((entry, value, info))
+        group_bytes += len(value)
+        if group_bytes >= BATCH_BYTES:
+            yield group, group_bytes
+            group, group_bytes = [], 0
+    if group:
+        yield group, group_bytes
+
+
+@dataclass
+class _Written:
+    """What a build wrote: values, their stored bytes and their bytes as arrays."""
+    values: int = 0
+    stored_bytes: int = 0
+    array_bytes: int = 0
+
+
+def _write_values(db: GrowingMap, pending: Sequence[Entry], total: int, lines: dict[str, str],
+                  compress_level: int | None, batch: int, workers: int, progress: bool) -> _Written:
+    """Encode and commit ``pending`` in transactions of ``batch`` values (or BATCH_BYTES); ``lines`` gets the meta
+    line of every value written."""
+    from tqdm import tqdm
+    written = _Written()
+    bar = tqdm(total=total, initial=total - len(pending), unit='val', desc=Path(db.name).name,
+               disable=not progress, dynamic_ncols=True)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for lo in range(0, len(pending), batch):
+            chunk = pending[lo:lo + batch]
+            if pool is not None:
+                encoded = list(pool.map(lambda e: encode_entry(e, compress_level), chunk))
+            else:
+                encoded = [encode_entry(e, compress_level) for e in chunk]
+            for group, group_bytes in _byte_groups(chunk, encoded):
+                for entry, value, info in group:
+                    lines[entry.key] = format_meta_line(info)
+                    written.stored_bytes += len(value)
+                    written.array_bytes += info.nbytes
+                db.write(functools.partial(_put_values, group=group), group_bytes)
+                written.values += len(group)
+                bar.update(len(group))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        bar.close()
+    return written
+
+
+def _finish(db: GrowingMap, record: dict, lines: dict[str, str], entries: Sequence[Entry], output: Path) -> None:
+    """Write ``meta_info.txt`` and mark the format record complete (with the CRC of that file)."""
+    text = ''.join(lines[e.key] + '\n' for e in entries).encode('utf-8')
+    atomic_write_bytes(output / 'meta_info.txt', text)
+    record.update(complete=True, num_keys=len(entries), meta_crc=zlib.crc32(text),
+                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+    db.write(functools.partial(_put_record, record=record))
 
 
 def create_lmdb(fmt: str, input_dir: str | os.PathLike, output: str | os.PathLike,
@@ -364,7 +472,6 @@ def create_lmdb(fmt: str, input_dir: str | os.PathLike, output: str | os.PathLik
         BuildError: bad input, an existing output without ``resume``/``overwrite``, a resume with other settings.
     """
     import lmdb
-    from tqdm import tqdm
     start = time.perf_counter()
     if compress_level is not None and not 0 <= compress_level <= 9:
         raise BuildError(f'--compress-level must be 0-9, got {compress_level}')
@@ -372,92 +479,40 @@ def create_lmdb(fmt: str, input_dir: str | os.PathLike, output: str | os.PathLik
         raise BuildError('--batch and --workers must be >= 1')
     output = Path(output)
     entries, facts = collect_entries(fmt, input_dir, lq_dir)
-    _prepare_output(output, resume, overwrite)
+    _claim_output_folder(output, resume, overwrite)
     existing_size = (output / 'data.mdb').stat().st_size if is_lmdb(output) else 0
     size = map_size or max(existing_size + _estimate_map_size(entries, compress_level), existing_size)
-    env = lmdb.open(str(output), map_size=size, subdir=True, meminit=False, max_dbs=0)
-    growths = written = stored = raw = 0
+    db = GrowingMap(lmdb.open(str(output), map_size=size, subdir=True, meminit=False, max_dbs=0), size, str(output))
     try:
-        record, lines = _read_existing(env, str(output))
+        record, lines = _read_existing(db.env, str(output))
         if resume:
-            if (record is None and lines) or (record is not None and record.get('format') != FORMAT_NAME):
-                raise BuildError(f'--resume: {output} was not written by create_lmdb (no {FORMAT_NAME} record)')
-            for name, want in (('layout', fmt), ('compress_level', compress_level)):
-                if record is not None and record.get(name) != want:
-                    raise BuildError(f'--resume: {output} has {name} {record.get(name)!r}, this build {want!r}; use '
-                                     'the same arguments, or --overwrite')
-            stale = sorted(set(lines) - {e.key for e in entries}, key=natural_key)
-            if stale:
-                raise BuildError(f'--resume: {output} holds {len(stale)} keys the input no longer has (e.g. '
-                                 f'{stale[:3]}); use --overwrite')
+            _check_resumable(output, record, lines, entries, fmt, compress_level)
         record = {'format': FORMAT_NAME, 'version': FORMAT_VERSION, 'layout': fmt, 'compress_level': compress_level,
                   'complete': False, 'source': str(Path(input_dir).resolve()), 'tool': 'codes.scripts.create_lmdb',
                   **facts}
-        _put_record(env, record)
+        db.write(functools.partial(_put_record, record=record))
         pending = [e for e in entries if e.key not in lines]
-        bar = tqdm(total=len(entries), initial=len(entries) - len(pending), unit='val', desc=output.name,
-                   disable=not progress, dynamic_ncols=True)
-        pool = ThreadPoolExecutor(workers) if workers > 1 else None
-        try:
-            for lo in range(0, len(pending), batch):
-                chunk = pending[lo:lo + batch]
-                if pool is not None:
-                    encoded = list(pool.map(lambda e: encode_entry(e, compress_level), chunk))
-                else:
-                    encoded = [encode_entry(e, compress_level) for e in chunk]
-                # split by bytes, so one transaction never holds more than BATCH_BYTES
-                group: list[tuple[Entry, bytes, ValueInfo]] = []
-                group_bytes = 0
-                for entry, (value, info) in zip(chunk, encoded):
-                    group.append((entry, value, info))
-                    group_bytes += len(value)
-                    lines[entry.key] = format_meta_line(info)
-                    stored += len(value)
-                    raw += info.nbytes
-                    if group_bytes >= BATCH_BYTES or entry is chunk[-1]:
-                        while True:
-                            try:
-                                _write_batch(env, group)
-                                break
-                            except lmdb.MapFullError:
-                                size = max(2 * size, size + 2 * group_bytes)
-                                env.set_mapsize(size)
-                                growths += 1
-                                logger.info('%s: MDB_MAP_FULL, map_size grown to %d bytes', output, size)
-                        written += len(group)
-                        bar.update(len(group))
-                        group, group_bytes = [], 0
-        finally:
-            if pool is not None:
-                pool.shutdown()
-            bar.close()
-        text = ''.join(lines[e.key] + '\n' for e in entries).encode('utf-8')
-        atomic_write_bytes(output / 'meta_info.txt', text)
-        record.update(complete=True, num_keys=len(entries), meta_crc=zlib.crc32(text),
-                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
-        while True:
-            try:
-                _put_record(env, record)
-                break
-            except lmdb.MapFullError:
-                size *= 2
-                env.set_mapsize(size)
-                growths += 1
-        size = env.info()['map_size']
+        written = _write_values(db, pending, len(entries), lines, compress_level, batch, workers, progress)
+        _finish(db, record, lines, entries, output)
+        size = db.env.info()['map_size']
     finally:
-        env.close()
-    verified = None
-    if verify:
-        verified = verify_lmdb(output, entries, progress=progress)
-    summary = BuildSummary(str(output), fmt, len(entries), written, len(entries) - written, stored, raw, size,
-                           growths, time.perf_counter() - start, verified)
-    mb = 1024 ** 2
-    log(f'{output}: {summary.num_keys} keys ({facts.get("num_samples")} samples, layout {fmt}), {written} written, '
-        f'{summary.skipped} already present; {stored / mb:.1f} MB stored '
-        f'({"raw" if compress_level is None else f"PNG level {compress_level}"}; {raw / mb:.1f} MB as arrays) in '
-        f'{summary.seconds:.1f} s; map_size {size / mb:.0f} MB ({growths} growths)'
-        + (f'; verified {verified} keys against the source' if verified is not None else ''))
+        db.env.close()
+    verified = verify_lmdb(output, entries, progress=progress) if verify else None
+    summary = BuildSummary(str(output), fmt, len(entries), written.values, len(entries) - written.values,
+                           written.stored_bytes, written.array_bytes, size, db.growths, time.perf_counter() - start, verified)
+    log(_summary_text(summary, facts, compress_level))
     return summary
+
+
+def _summary_text(summary: BuildSummary, facts: dict, compress_level: int | None) -> str:
+    mb = 1024 ** 2
+    return (f'{summary.output}: {summary.num_keys} keys ({facts.get("num_samples")} samples, layout '
+            f'{summary.layout}), {summary.written} written, {summary.skipped} already present; '
+            f'{summary.stored_bytes / mb:.1f} MB stored '
+            f'({"raw" if compress_level is None else f"PNG level {compress_level}"}; {summary.raw_bytes / mb:.1f} MB '
+            f'as arrays) in {summary.seconds:.1f} s; map_size {summary.map_size / mb:.0f} MB ({summary.map_growths} '
+            'growths)' + (f'; verified {summary.verified} keys against the source'
+                          if summary.verified is not None else ''))
 
 
 # ---------------------------------------------------------------------------------------------------- verify

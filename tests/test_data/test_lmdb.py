@@ -283,6 +283,38 @@ def test_map_size_grows_on_map_full(tmp_path):
     assert estimate >= summary.raw_bytes
 
 
+def test_growing_map_retries_a_full_write_and_grows_by_the_rule(tmp_path):
+    env = lmdb.open(str(tmp_path / 'g.lmdb'), map_size=32 * 1024, subdir=True)
+    try:
+        db = cl.GrowingMap(env, 32 * 1024, 'g.lmdb')
+        value = os.urandom(200 * 1024)  # far more than the map holds
+        calls = []
+
+        def put(txn):
+            calls.append(1)
+            txn.put(b'k', value)
+
+        db.write(put, len(value))
+        # each growth is max(2 x size, size + 2 x nbytes): the first already fits 200 KB
+        assert db.growths == len(calls) - 1 >= 1 and db.size == 32 * 1024 + 2 * len(value)
+        assert env.info()['map_size'] == db.size
+        with env.begin() as txn:
+            assert txn.get(b'k') == value
+        db.write(lambda txn: txn.put(b'small', b'x'))  # fits: no growth, one call
+        assert db.growths == len(calls) - 1
+        def broken(txn):
+            calls.append(1)
+            raise ValueError('not a map-full error')
+
+        with pytest.raises(ValueError, match='not a map-full error'):  # other errors are not retried
+            db.write(broken)
+        assert db.growths == len(calls) - 2
+        with env.begin() as txn:
+            assert txn.get(b'small') == b'x'
+    finally:
+        env.close()
+
+
 def test_verify_reports_a_changed_source(tmp_path):
     src = _images_dir(tmp_path / 'imgs')
     out = tmp_path / 'imgs.lmdb'

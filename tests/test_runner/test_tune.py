@@ -16,11 +16,13 @@ import pytest
 import yaml
 
 from codes.train import train_pipeline
-from codes.utils.options import OptionError, fill_defaults, load_yaml, validate_options
+from codes.utils.options import OptionError, fill_defaults, load_yaml, parse_options, validate_options
 from tests.test_runner.tiny import tiny_options, write_options
 
 optuna = pytest.importorskip('optuna')
-from codes.tune import TUNE_SCHEMA, _classify, _make_pruner, _run_child, parse_search_space, tune_pipeline  # noqa: E402
+from codes.tune import TUNE_SCHEMA, parse_search_space, tune_pipeline  # noqa: E402
+from codes.tune.study import make_pruner  # noqa: E402
+from codes.tune.trial_runner import failure_reason, run_trial_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,17 +162,17 @@ def test_objective_metric_and_direction(tmp_path, sample_data, metric, better, d
 
 def test_pruners_and_failure_reasons():
     import torch
-    def cfg(block):  # the tune block as _prepare hands it on: the schema's defaults filled in
+    def cfg(block):  # the tune block as read_study_plan hands it on: the schema's defaults filled in
         return fill_defaults(block, TUNE_SCHEMA, None)
 
-    hyperband = _make_pruner(cfg({'pruner': {'type': 'hyperband', 'min_resource': 2, 'reduction_factor': 2}}), 40)
+    hyperband = make_pruner(cfg({'pruner': {'type': 'hyperband', 'min_resource': 2, 'reduction_factor': 2}}), 40)
     assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 40
-    median = _make_pruner(cfg({'pruner': {'type': 'median', 'n_warmup_steps': 3}}), 40)
+    median = make_pruner(cfg({'pruner': {'type': 'median', 'n_warmup_steps': 3}}), 40)
     assert isinstance(median, optuna.pruners.MedianPruner)
-    assert isinstance(_make_pruner(cfg({}), 40), optuna.pruners.NopPruner)
-    assert _classify(torch.cuda.OutOfMemoryError('CUDA out of memory.')).startswith('out of memory')
-    assert _classify(FloatingPointError('too many')).startswith('non-finite loss')
-    assert _classify(OptionError('a.b', 'bad')).startswith('invalid sampled combination')
+    assert isinstance(make_pruner(cfg({}), 40), optuna.pruners.NopPruner)
+    assert failure_reason(torch.cuda.OutOfMemoryError('CUDA out of memory.')).startswith('out of memory')
+    assert failure_reason(FloatingPointError('too many')).startswith('non-finite loss')
+    assert failure_reason(OptionError('a.b', 'bad')).startswith('invalid sampled combination')
 
 
 # ------------------------------------------------------------------------------------------ the trial process
@@ -187,8 +189,8 @@ def test_spawned_trial_relays_validations_and_stops_when_told(tmp_path, sample_d
         seen.append((current_iter, results['val']['num_samples'], results['val']['psnr']))
         return current_iter == 2
 
-    setup = type('S', (), {'root': ROOT, 'cfg': {'start_method': 'spawn'}})()
-    assert _run_child(setup, trial_file, reporter) is None
+    resolved, _ = parse_options(ROOT, True, ['-opt', str(trial_file)])  # the worker resolves, the child trains
+    assert run_trial_process(resolved, 'spawn', reporter) is None
     assert [(it, n) for it, n, _ in seen] == [(1, 1), (2, 1)]
     exp = Path(opt['path']['experiments_root'])
     log = ''.join(p.read_text() for p in exp.glob('train_*.log'))
