@@ -131,9 +131,10 @@ class BlindSRModel(BaseModel):
 
     def save_visuals(self, output: tuple[Tensor, Tensor], i: int, key: str, rec: dict[str, Any],
                      image_dir: str | Path | None, tb_writer: Any, dataset_name: str, current_iter: int) -> None:
-        """For ``output`` = ``(sr, kernel)`` of sample ``i``: ``<stem>.png`` (SR), ``<stem>_ker.png`` (estimated kernel) and the comparison panel ``<stem>_panel.png``
-        (also to TensorBoard), ``<stem>`` being ``<key>_<iter>`` in training; test.py (``current_iter`` 0) also
-        writes the full-resolution ``<key>_input.png`` (bicubic) and ``<key>_gt.png`` for the HTML report."""
+        """For ``output`` = ``(sr, kernel)`` of sample ``i``: ``<stem>.png`` (SR), ``<stem>_ker.png`` (estimated
+        kernel) and the comparison panel ``<stem>_panel.png`` (also to TensorBoard), ``<stem>`` being
+        ``<key>_<iter>`` in training; test.py (``current_iter`` 0) also writes the full-resolution
+        ``<key>_input.png`` (bicubic) and ``<key>_gt.png`` for the HTML report."""
         panel, files = self.make_panel(output[0], output[1], i, rec)
         if current_iter:
             files = {k: files[k] for k in ('', '_ker')}

@@ -262,6 +262,7 @@ def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLi
     if named is not None and candidates and named == candidates[0][1]:
         try:
             state, weights = _load_complete(named, candidates[0][0], models_dir)
+            logger.info('Resuming from %s, named by %s', named, pointer)
             return state, named, weights
         except (CheckpointError, FileNotFoundError) as exc:  # the scan below skips it with a warning
             logger.info('%s names %s, which cannot be resumed (%s): scanning %s', pointer, named, exc, states_dir)
