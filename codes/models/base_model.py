@@ -44,6 +44,7 @@ from codes.utils import dist as dist_utils
 from codes.utils import precision
 from codes.utils.build import OptionError
 from codes.utils.checkpoint import POINTER_NAME, load_network
+from codes.visualization.panels import panel_metric
 
 __all__ = ['BaseModel', 'Options', 'select_device']
 
@@ -102,6 +103,7 @@ class BaseModel(abc.ABC):
         self.metrics: dict[str, Callable[..., float]] = {
             name: build_metric(m, f'val.metrics.{name}') for name, m in metrics.items()}
         self.best_metrics = BestMetrics({name: m.get('better', 'higher') for name, m in metrics.items()})
+        self.panel_metric: str | None = panel_metric(metrics)  # the metric shown in the comparison panels' labels
         self.non_finite = NonFiniteGuard(opt['train']['nan_skip_limit'])
         self.divergence_guard: DivergenceGuard | None = None
         self.checkpointer: Checkpointer | None = None

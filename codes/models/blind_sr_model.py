@@ -30,11 +30,11 @@ from torch import Tensor
 from codes.data.degradations import degrade, imresize
 from codes.losses import build_loss
 from codes.metrics.psnr_ssim_metric import calculate_psnr_matlab, to_uint8
-from codes.models.base_model import BaseModel
+from codes.models.base_model import BaseModel, Options
 from codes.utils.build import OptionError
 from codes.utils.options import TYPED_LOSS, Key
 from codes.utils.registry import MODEL_REGISTRY
-from codes.visualization.panels import Panel, View, comparison_panel, kernel_tile, panel_metric, save_sample_pictures
+from codes.visualization.panels import Panel, View, comparison_panel, kernel_tile, save_sample_pictures
 
 __all__ = ['BlindSRModel', 'kernel_to_image']
 
@@ -60,7 +60,7 @@ class BlindSRModel(BaseModel):
     option_schema = {'train': {'kernel_opt': Key(TYPED_LOSS, {'type': 'DCLSKernelLoss', 'loss_weight': 1.0}),
                                'lr_estimator': Key(float | None, None, minimum=0)}}
 
-    def __init__(self, opt: dict) -> None:
+    def __init__(self, opt: Options) -> None:
         net_scale = opt['network_g'].get('scale')
         top_scale = opt.get('scale')
         if net_scale is not None and top_scale is not None and net_scale != top_scale:
@@ -146,7 +146,7 @@ class BlindSRModel(BaseModel):
         """The comparison panel of batch sample ``i`` (bicubic input, SR, GT, crops, error map, the estimated and,
         when the batch has one, the true kernel) and its full-size images by file suffix (``''``: SR, ``'_ker'``,
         ``'_input'``, ``'_gt'``)."""
-        metric = panel_metric(self.opt.get('val', {}).get('metrics', {}))
+        metric = self.panel_metric
         bic = imresize(self.lq[i:i + 1].float(), self.scale)[0].clamp(0, 1)
         views = [_view('bicubic input', bic, rec.get('bicubic_psnr'), 'bicubic_psnr'),
                  _view('prediction', sr.clamp(0, 1), rec.get(metric), metric or 'PSNR')]

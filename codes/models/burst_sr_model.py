@@ -17,9 +17,9 @@ import torch
 from codes.data.camera_pipeline import to_uint8_srgb
 from codes.metrics.burst_metric import calculate_psnr_linear
 from codes.metrics.metric_util import bilinear_baseline
-from codes.models.base_model import BaseModel
+from codes.models.base_model import BaseModel, Options
 from codes.utils.registry import MODEL_REGISTRY
-from codes.visualization.panels import Panel, View, comparison_panel, panel_metric, save_sample_pictures
+from codes.visualization.panels import Panel, View, comparison_panel, save_sample_pictures
 
 __all__ = ['BurstSRModel', 'save_submission_png', 'render_srgb']
 
@@ -50,6 +50,11 @@ class BurstSRModel(BaseModel):
 
     writes_submission = True
     reference_values = ('baseline_psnr',)
+
+    def __init__(self, opt: Options) -> None:
+        super().__init__(opt)
+        #: the border the panels leave out of their crop PSNR: the panel metric's ``crop_border`` (default 40)
+        self.panel_border = int(opt['val']['metrics'].get(self.panel_metric or '', {}).get('crop_border', 40))
 
     def feed_data(self, data: dict[str, Any]) -> None:
         """Move a collated batch to the device."""
@@ -90,17 +95,10 @@ class BurstSRModel(BaseModel):
         """The comparison panel of batch sample ``i`` (metric values from its record ``rec``) and its full-size
         views by file suffix (``''``: prediction, ``'_input'``, ``'_gt'``)."""
         views, gt = self.panel_views(pred, i, rec)
-        crop_border = int(self.opt.get('val', {}).get('metrics', {}).get(self.panel_metric or '', {})
-                          .get('crop_border', 40))
         files = {'': views[-1].srgb, '_input': views[0].srgb}
         if gt is not None:
             files['_gt'] = gt.srgb
-        return comparison_panel(views, gt, border=crop_border), files
-
-    @property
-    def panel_metric(self) -> str | None:
-        """The metric shown in the panels' labels."""
-        return panel_metric(self.opt.get('val', {}).get('metrics', {}))
+        return comparison_panel(views, gt, border=self.panel_border), files
 
     def panel_views(self, pred: torch.Tensor, i: int, rec: dict[str, Any]) -> tuple[list[View], View | None]:
         """The views of sample ``i``: the bilinear upsampling of its reference frame and the prediction, with their
