@@ -26,7 +26,7 @@ import json
 import logging
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -49,6 +49,7 @@ from codes.utils.build import OptionErrors
 from codes.utils.image_writers import row_writer
 from codes.utils.options import (PRECISIONS, TYPED_ARCH, Key, add_common_flags, apply_overrides, fill_defaults,
                                  print_options, read_options, validate_block)
+from codes.utils.precision import autocast as _autocast
 from codes.utils.tiling import check_memory, tiled_forward_rows, tiled_memory_bytes
 
 __all__ = ['infer_pipeline', 'INFER_SCHEMA', 'build_infer_arg_parser', 'load_inference_network', 'save_linear',
@@ -76,8 +77,6 @@ INFER_SCHEMA: dict[str, Any] = {
     'kernel': Key(str | None, None),
     'compare': Key(list[str] | None, None),
 }
-
-_DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 def build_infer_arg_parser() -> argparse.ArgumentParser:
@@ -277,11 +276,6 @@ def save_srgb(array: np.ndarray, path: Path) -> None:
     """(H, W, 3) uint8 RGB -> 8-bit PNG."""
     if not cv2.imwrite(str(path), np.ascontiguousarray(array[..., ::-1])):
         raise OSError(f'could not write {path}')
-
-
-def _autocast(device: torch.device, precision: str):
-    dtype = _DTYPES[precision]
-    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 def _network_call(net: nn.Module, device: torch.device, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -20,12 +20,14 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from codes.data import build_dataset
 from codes.data.loader import ShardSampler, build_dataloader
 from codes.models import build_model
+from codes.models.base_model import BaseModel, Options
 from codes.scripts.sample_data import prepare_from_options
-from codes.utils import dist as du
+from codes.utils import dist as dist_utils
 from codes.utils.logger import format_options, setup_logging
 from codes.utils.options import OptionError, parse_options, print_options
 from codes.visualization.report import write_report
@@ -46,66 +48,83 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
     if not phases:
         raise OptionError('datasets', 'test.py scores the validation and test sets (datasets.val*, datasets.test*); '
                           'this file lists only a training set', opt['opt_file'])
-    du.init_dist_from_options(opt['dist_params'])
-    rank, world = du.get_dist_info()
-    results_root = Path(opt['path']['results_root'])
-    dry = args.dry_run
+    dist_utils.init_dist_from_options(opt['dist_params'])
+    rank, world = dist_utils.get_dist_info()
     try:
-        if rank == 0 and not dry:
-            results_root.mkdir(parents=True, exist_ok=True)
-        du.barrier()
-        log_file = None if dry else results_root / f"test_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"
-        setup_logging(log_file, rank)
-        logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
-        for phase in sorted(set(opt['datasets']) - {p for p, _ in phases}):
-            logger.info('datasets.%s: not evaluated (a training set is randomly cropped and augmented; test.py '
-                        'scores the val*/test* sets)', phase)
-        model = build_model(opt)
-        val = opt['val']
-        save_submission = model.writes_submission if val['save_submission'] is None else val['save_submission']
-        pbar = sys.stderr.isatty() if val['pbar'] is None else val['pbar']
+        model = _set_up_evaluation(opt, phases, rank, args.dry_run)
         results = {}
         for phase, ds_opt in phases:
-            dataset = build_dataset(ds_opt, f'datasets.{phase}')
-            n = min(1, len(dataset)) if dry else len(dataset)
-            loader = build_dataloader(dataset, ds_opt, ShardSampler(n, world, rank), opt['manual_seed'],
-                                      rank, train=False)
-            out_dir = results_root / ds_opt['name']
-            sub_dir = out_dir / 'submission' if save_submission and not dry else None
-            img_dir = out_dir / 'visualization' if val['save_img'] and not dry else None
-            if rank == 0 and not dry:
-                for d in (out_dir, sub_dir, img_dir):
-                    if d is not None:
-                        d.mkdir(parents=True, exist_ok=True)
-            du.barrier()
-            bar = None
-            if rank == 0 and pbar:
-                from tqdm import tqdm
-                bar = loader = tqdm(loader, desc=ds_opt['name'], unit='sample', dynamic_ncols=True)
-            try:
-                res = model.validation(loader, ds_opt['name'], image_dir=img_dir, submission_dir=sub_dir,
-                                       max_images=len(dataset) if img_dir is not None else 0)
-            finally:
-                if bar is not None:
-                    bar.close()
-            if dry:
-                logger.info('Dry run: %s (%d samples), first sample: %s', ds_opt['name'], len(dataset),
-                            ', '.join(f'{k} {v:.4g}' for k, v in res['mean'].items() if isinstance(v, float)))
-                continue
-            results[ds_opt['name']] = res
-            du.barrier()
-            if rank == 0:
-                record = {'dataset': ds_opt['name'], 'checkpoint': opt['path']['pretrain_network_g'],
-                          'precision': val['precision'], **res}
-                (out_dir / 'metrics.json').write_text(json.dumps(record, indent=2))  # first: nothing after loses it
-                if sub_dir is not None:
-                    with zipfile.ZipFile(out_dir / 'submission.zip', 'w') as zf:
-                        for f in sorted(sub_dir.rglob('*.png')):
-                            zf.write(f, f.relative_to(sub_dir).as_posix())
-                text = ', '.join(f'{k}: {v:.4f}' for k, v in res['mean'].items() if k != 'num_samples')
-                logger.info('%s: %s (%d samples) -> %s', ds_opt['name'], text, res['mean']['num_samples'], out_dir)
-                if img_dir is not None:
-                    logger.info('Report: %s', write_report(out_dir, f"{opt['name']} / {ds_opt['name']}"))
+            res = _evaluate_set(model, opt, phase, ds_opt, rank, world, args.dry_run)
+            if res is not None:
+                results[ds_opt['name']] = res
         return results
     finally:
-        du.destroy_dist()
+        dist_utils.destroy_dist()
+
+
+def _set_up_evaluation(opt: Options, phases: list[tuple[str, dict]], rank: int, dry: bool) -> BaseModel:
+    """The results folder and the log (none for a dry run), then the model with its weights."""
+    results_root = Path(opt['path']['results_root'])
+    if rank == 0 and not dry:
+        results_root.mkdir(parents=True, exist_ok=True)
+    dist_utils.barrier()
+    log_file = None if dry else results_root / f"test_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"
+    setup_logging(log_file, rank)
+    logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
+    for phase in sorted(set(opt['datasets']) - {p for p, _ in phases}):
+        logger.info('datasets.%s: not evaluated (a training set is randomly cropped and augmented; test.py '
+                    'scores the val*/test* sets)', phase)
+    return build_model(opt)
+
+
+def _evaluate_set(model: BaseModel, opt: Options, phase: str, ds_opt: dict, rank: int, world: int,
+                  dry: bool) -> dict[str, Any] | None:
+    """Score the dataset ``datasets.<phase>`` and write its results; a dry run scores its first sample only,
+    writes nothing and returns None."""
+    val = opt['val']
+    save_submission = model.writes_submission if val['save_submission'] is None else val['save_submission']
+    dataset = build_dataset(ds_opt, f'datasets.{phase}')
+    n = min(1, len(dataset)) if dry else len(dataset)
+    loader = build_dataloader(dataset, ds_opt, ShardSampler(n, world, rank), opt['manual_seed'], rank, train=False)
+    out_dir = Path(opt['path']['results_root']) / ds_opt['name']
+    sub_dir = out_dir / 'submission' if save_submission and not dry else None
+    img_dir = out_dir / 'visualization' if val['save_img'] and not dry else None
+    if rank == 0 and not dry:
+        for d in (out_dir, sub_dir, img_dir):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+    dist_utils.barrier()
+    bar = None
+    if rank == 0 and (sys.stderr.isatty() if val['pbar'] is None else val['pbar']):
+        from tqdm import tqdm
+        bar = loader = tqdm(loader, desc=ds_opt['name'], unit='sample', dynamic_ncols=True)
+    try:
+        res = model.validation(loader, ds_opt['name'], image_dir=img_dir, submission_dir=sub_dir,
+                               max_images=len(dataset) if img_dir is not None else 0)
+    finally:
+        if bar is not None:
+            bar.close()
+    if dry:
+        logger.info('Dry run: %s (%d samples), first sample: %s', ds_opt['name'], len(dataset),
+                    ', '.join(f'{k} {v:.4g}' for k, v in res['mean'].items() if isinstance(v, float)))
+        return None
+    dist_utils.barrier()
+    if rank == 0:
+        _write_set_results(opt, ds_opt['name'], res, out_dir, sub_dir, img_dir)
+    return res
+
+
+def _write_set_results(opt: Options, name: str, res: dict[str, Any], out_dir: Path, sub_dir: Path | None,
+                       img_dir: Path | None) -> None:
+    """``metrics.json`` first (nothing after it can lose it), then ``submission.zip`` and the HTML report."""
+    record = {'dataset': name, 'checkpoint': opt['path']['pretrain_network_g'],
+              'precision': opt['val']['precision'], **res}
+    (out_dir / 'metrics.json').write_text(json.dumps(record, indent=2))
+    if sub_dir is not None:
+        with zipfile.ZipFile(out_dir / 'submission.zip', 'w') as zf:
+            for f in sorted(sub_dir.rglob('*.png')):
+                zf.write(f, f.relative_to(sub_dir).as_posix())
+    text = ', '.join(f'{k}: {v:.4f}' for k, v in res['mean'].items() if k != 'num_samples')
+    logger.info('%s: %s (%d samples) -> %s', name, text, res['mean']['num_samples'], out_dir)
+    if img_dir is not None:
+        logger.info('Report: %s', write_report(out_dir, f"{opt['name']} / {name}"))

@@ -12,23 +12,27 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from codes.data import build_dataset
 from codes.data.loader import ShardSampler, TrainSampler, build_dataloader
 from codes.models import build_model
+from codes.models.base_model import BaseModel, Options
 from codes.scripts.sample_data import prepare_from_options
-from codes.utils import dist as du
-from codes.utils.checkpoint import STATE_KEYS, CheckpointError, extract_state_dict, find_resume_state, load_file
+from codes.utils import dist as dist_utils
+from codes.utils.checkpoint import (POINTER_NAME, STATE_KEYS, CheckpointError, extract_state_dict, find_resume_state,
+                                    load_file)
 from codes.utils.logger import append_jsonl, build_trackers, format_options, setup_logging
 from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options, print_options
 from codes.visualization.plots import SCALARS_FILE, plot_metrics
 
-__all__ = ['train_pipeline', 'dry_run', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
+__all__ = ['train_pipeline', 'run_training', 'dry_run', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
 
 #: ``callback(current_iter, results)`` with ``results`` = {val set name: mean metrics}; a true return value stops
 #: the training after this validation (no final checkpoint or validation follows).
@@ -44,7 +48,8 @@ def set_random_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_experiment(opt: dict, resuming: bool, auto_resume: bool = False, skipped: list | None = None) -> None:
+def _create_experiment_folders(opt: Options, resuming: bool, auto_resume: bool = False,
+                               skipped: list | None = None) -> None:
     """Create the experiment folders; refuse to start afresh over a run that holds checkpoints.
 
     ``skipped`` lists the (state file, reason) pairs that ``--auto_resume`` could not use.
@@ -81,7 +86,9 @@ def limit_count(total: int, limit: int | float | None, where: str, file: str | N
     return min(total, limit)
 
 
-def _resume_state(opt: dict, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path] | None:
+def _resume_state(opt: Options, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path] | None:
+    """The training state to continue from, with its weights file: ``path.resume_state``, or with
+    ``--auto_resume`` the newest usable one (the one ``last_checkpoint`` names when it is that), or None."""
     explicit = opt['path']['resume_state']
     if explicit:
         state = load_file(explicit)
@@ -100,13 +107,15 @@ def _resume_state(opt: dict, auto_resume: bool, skipped: list | None = None) -> 
                                   f'{weights}, are missing')
         return state, weights
     if auto_resume:
-        found = find_resume_state(opt['path']['training_states'], opt['path']['models'], skipped)
+        path = opt['path']
+        found = find_resume_state(path['training_states'], path['models'], skipped,
+                                  pointer=Path(path['experiments_root']) / POINTER_NAME)
         if found is not None:
             return found[0], found[2]
     return None
 
 
-def _val_loaders(opt: dict, rank: int, world: int) -> dict[str, Any]:
+def _val_loaders(opt: Options, rank: int, world: int) -> dict[str, DataLoader]:
     loaders = {}
     for phase, ds_opt in opt['datasets'].items():
         if phase.startswith('val'):
@@ -120,9 +129,13 @@ def _val_loaders(opt: dict, rank: int, world: int) -> dict[str, Any]:
     return loaders
 
 
-def validate(model: Any, loaders: dict, opt: dict, current_iter: int, tb: Any) -> dict[str, dict[str, float]]:
+def validate(model: BaseModel, loaders: Mapping[str, DataLoader], opt: Options, current_iter: int,
+             tb: Any) -> dict[str, dict[str, float]]:
     """Validate on every val set; rank 0 logs, writes TensorBoard scalars and a metrics.jsonl line per set.
 
+    After each set the model updates its best values and its divergence guard; a ``ReduceLROnPlateau`` scheduler
+    is stepped with the first metric, unless the guard has just rolled the weights back (that value measured
+    weights that are gone, and the guard has lowered the learning rates already).
     Returns {val set name: mean metrics} (the same on every rank).
     """
     val = opt['val']
@@ -133,48 +146,24 @@ def validate(model: Any, loaders: dict, opt: dict, current_iter: int, tb: Any) -
                                tb_writer=tb, current_iter=current_iter)
         mean = results[name] = res['mean']
         improved = model.update_best(name, mean, current_iter)
-        model.guard_divergence(name, mean, current_iter)
+        rolled_back = model.guard_divergence(name, mean, current_iter)
         if model.rank == 0:
             text = ', '.join(f'{k}: {v:.4f}' for k, v in mean.items() if k not in ('num_samples', 'seconds'))
-            logger.info('Validation %s @ iter %d: %s (%d samples)%s', name, current_iter, text,
-                        mean['num_samples'], f" best {', '.join(improved)}" if improved else '')
+            logger.info('Validation %s @ iter %d: %s (%d samples)%s%s', name, current_iter, text,
+                        mean['num_samples'], f" best {', '.join(improved)}" if improved else '',
+                        '; diverged: rolled back to the last good state' if rolled_back else '')
             append_jsonl(opt['path']['metrics_log'], {'iter': current_iter, 'dataset': name, **mean})
             if tb is not None:
                 for k, v in mean.items():
                     tb.add_scalar(f'metrics/{name}/{k}', v, current_iter)
         first = next(iter(model.metrics), None)
-        if first in mean:
+        if first in mean and not rolled_back:
             model.step_plateau(mean[first])
     return results
 
 
-def _log_progress(model: Any, logs: dict[str, float], n: int, current_iter: int, total_iter: int, epoch: int,
-                  t_start: float, start_iter: int, data_time: float, batch: int, tb: Any) -> None:
-    means = du.reduce_mean(logs, n, model.device)  # one collective, at the same iterations on every rank
-    if model.rank != 0:
-        return
-    elapsed = time.time() - t_start
-    per_iter = elapsed / max(current_iter - start_iter, 1)
-    eta = int(per_iter * (total_iter - current_iter))
-    lrs = ','.join(f'{lr:.3e}' for lr in model.current_lr())
-    losses = ' '.join(f'{k}: {v:.4e}' for k, v in means.items())
-    bursts = batch * model.world_size / per_iter
-    mem = f' mem: {torch.cuda.max_memory_allocated(model.device) / 2 ** 30:.2f}G' if model.device.type == 'cuda' else ''
-    logger.info('[epoch %d iter %d/%d lr:(%s)] [eta %d:%02d:%02d, %.3fs/it, data %.3fs, %.2f bursts/s%s] %s',
-                epoch, current_iter, total_iter, lrs, eta // 3600, eta // 60 % 60, eta % 60, per_iter, data_time,
-                bursts, mem, losses)
-    append_jsonl(Path(model.opt['path']['experiments_root']) / SCALARS_FILE,
-                 {'iter': current_iter, 'epoch': epoch, **means, 'lr': model.current_lr()[0],
-                  'bursts_per_s': round(bursts, 4), 's_per_iter': round(per_iter, 4)})
-    if tb is not None:
-        for k, v in means.items():
-            tb.add_scalar(f'losses/{k}' if k.startswith('l_') else f'train/{k}', v, current_iter)
-        tb.add_scalar('train/lr', model.current_lr()[0], current_iter)
-        tb.add_scalar('train/bursts_per_s', bursts, current_iter)
-
-
 def train_pipeline(root_path: str | Path, argv: list[str] | None = None,
-                   on_validation: ValidationCallback | None = None) -> Any:
+                   on_validation: ValidationCallback | None = None) -> BaseModel | None:
     """Run a training from the command line ``argv`` (default ``sys.argv[1:]``); returns the trained model.
 
     ``on_validation(current_iter, results)`` is called after every validation (``results``: {val set name: mean
@@ -185,32 +174,27 @@ def train_pipeline(root_path: str | Path, argv: list[str] | None = None,
     if args.print_options:
         print_options(opt)
         return None
-    du.init_dist_from_options(opt['dist_params'])
-    rank, world = du.get_dist_info()
+    dist_utils.init_dist_from_options(opt['dist_params'])
+    rank, world = dist_utils.get_dist_info()
     try:
         if args.dry_run:
             return dry_run(opt, rank, world)
-        return _train(opt, args, rank, world, on_validation)
+        return run_training(opt, args, rank, world, on_validation)
     finally:
-        du.destroy_dist()
+        dist_utils.destroy_dist()
 
 
 def _prog() -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'train.py'
 
 
-def dry_run(opt: dict, rank: int = 0, world: int = 1) -> Any:
+def dry_run(opt: Options, rank: int = 0, world: int = 1) -> BaseModel:
     """``--dry-run``: build the training data and the model, run one training step and one validation sample per
     validation set, log what was built, and return the model. Writes nothing (no experiment folder)."""
     setup_logging(None, rank)
     set_random_seed(opt['manual_seed'] + rank)
     train_opt = opt['datasets']['train']
-    train_set = build_dataset(train_opt, 'datasets.train')
-    sampler = TrainSampler(len(train_set), world, rank, opt['manual_seed'], train_opt['shuffle'])
-    loader = build_dataloader(train_set, train_opt, sampler, opt['manual_seed'], rank, train=True)
-    if len(loader) == 0:
-        raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
-                          opt['opt_file'])
+    _, loader = _train_loader(opt, rank, world)
     model = build_model(opt)
     t0 = time.time()
     model.feed_data(next(iter(loader)))
@@ -230,7 +214,19 @@ def dry_run(opt: dict, rank: int = 0, world: int = 1) -> Any:
     return model
 
 
-def _write_curves(opt: dict, rank: int) -> None:
+def _train_loader(opt: Options, rank: int, world: int) -> tuple[TrainSampler, DataLoader]:
+    """The sampler and loader of ``datasets.train``; a batch larger than a rank's share is an option error."""
+    train_opt, seed = opt['datasets']['train'], opt['manual_seed']
+    train_set = build_dataset(train_opt, 'datasets.train')
+    sampler = TrainSampler(len(train_set), world, rank, seed, train_opt['shuffle'])
+    loader = build_dataloader(train_set, train_opt, sampler, seed, rank, train=True)
+    if len(loader) == 0:
+        raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
+                          opt['opt_file'])
+    return sampler, loader
+
+
+def _write_curves(opt: Options, rank: int) -> None:
     """``experiments/<name>/metrics.png`` (``codes.visualization.plots``) on rank 0; a failure is only logged."""
     if rank != 0:
         return
@@ -240,106 +236,180 @@ def _write_curves(opt: dict, rank: int) -> None:
         logger.warning('Curves not written: %s: %s', type(exc).__name__, exc)
 
 
-def _train(opt: dict, args: Any, rank: int, world: int, on_validation: ValidationCallback | None = None) -> Any:
+# ------------------------------------------------------------------------------------------- the training run
+@dataclass
+class _TrainingRun:
+    """Everything the loop works with (built by :func:`_set_up_training`); ``current_iter`` advances."""
+
+    opt: Options
+    model: BaseModel
+    sampler: TrainSampler
+    train_loader: DataLoader
+    val_loaders: dict[str, DataLoader]
+    iters_per_epoch: int
+    current_iter: int
+    tb: Any = None
+    pbar: Any = None
+    start_iter: int = 0
+    last_saved: int = 0
+    t_start: float = field(default_factory=time.time)
+
+    @property
+    def total_iter(self) -> int:
+        return self.opt['train']['total_iter']
+
+    @property
+    def batch(self) -> int:
+        return self.opt['datasets']['train']['batch_size_per_gpu']
+
+
+class _LossMeter:
+    """Sums of the step outputs (losses, ``grad_norm``, ...) since the last progress line."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, out: Mapping[str, float]) -> None:
+        for k, v in out.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def reset(self) -> None:
+        self.sums, self.count = {}, 0
+
+
+def run_training(opt: Options, args: Any, rank: int, world: int,
+                 on_validation: ValidationCallback | None = None) -> BaseModel:
+    """Train on options already resolved by the front end (``parse_options``): set up, run the loop, then (unless
+    ``on_validation`` stopped it) the final save and validation. ``args`` are the parsed command-line flags."""
+    run = _set_up_training(opt, args, rank, world)
+    try:
+        if _train_loop(run, on_validation):
+            logger.info('Stopped at iteration %d by the validation callback, after %.1f s', run.current_iter,
+                        time.time() - run.t_start)
+        else:
+            _finish(run, on_validation)
+        _write_curves(opt, rank)
+        return run.model
+    finally:
+        if run.pbar is not None:
+            run.pbar.close()
+        if run.tb is not None:
+            run.tb.close()
+
+
+def _set_up_training(opt: Options, args: Any, rank: int, world: int) -> _TrainingRun:
+    """Experiment folder and logging, the state to resume from, seeds, data, model, trackers, progress bar."""
     exp_root = Path(opt['path']['experiments_root'])
     if rank == 0:
         exp_root.mkdir(parents=True, exist_ok=True)
-    du.barrier()
+    dist_utils.barrier()
     setup_logging(exp_root / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log", rank)
     skipped: list = []
     resume = _resume_state(opt, args.auto_resume, skipped)
     if rank == 0:
-        _prepare_experiment(opt, resume is not None, args.auto_resume, skipped)
-    du.barrier()
+        _create_experiment_folders(opt, resume is not None, args.auto_resume, skipped)
+    dist_utils.barrier()
     if rank == 0:
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
         dump_yaml(opt, exp_root / 'options.yml')
-    seed = opt['manual_seed']
-    set_random_seed(seed + rank)
+    set_random_seed(opt['manual_seed'] + rank)
     torch.backends.cudnn.benchmark = opt['cudnn_benchmark']
 
-    train_opt = opt['datasets']['train']
-    train_set = build_dataset(train_opt, 'datasets.train')
-    sampler = TrainSampler(len(train_set), world, rank, seed, train_opt['shuffle'])
-    train_loader = build_dataloader(train_set, train_opt, sampler, seed, rank, train=True)
-    if len(train_loader) == 0:
-        raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
-                          opt['opt_file'])
+    sampler, train_loader = _train_loader(opt, rank, world)
     iters_per_epoch = limit_count(len(train_loader), opt['train']['limit_train_batches'],
                                   'train.limit_train_batches', opt['opt_file'])
-    total_iter = opt['train']['total_iter']
+    total_iter, batch = opt['train']['total_iter'], opt['datasets']['train']['batch_size_per_gpu']
     logger.info('Training set: %d samples, %d iterations per epoch%s, %d iterations in all (%d epochs), '
-                'batch %d per rank x %d ranks', len(train_set), iters_per_epoch,
+                'batch %d per rank x %d ranks', len(train_loader.dataset), iters_per_epoch,
                 f' (of {len(train_loader)}, train.limit_train_batches)' if iters_per_epoch != len(train_loader) else '',
-                total_iter, -(-total_iter // iters_per_epoch), train_opt['batch_size_per_gpu'], world)
+                total_iter, -(-total_iter // iters_per_epoch), batch, world)
     val_loaders = _val_loaders(opt, rank, world)
     model = build_model(opt)
-
     current_iter = 0
     if resume is not None:
         model.resume_training(resume[0], resume[1])
         current_iter = resume[0]['iter']
-    tb = build_trackers(opt, rank) or None  # TensorBoard and/or W&B (rank 0)
-    log_cfg, val_freq = opt['logger'], opt['val']['val_freq']
-    use_pbar = log_cfg['use_pbar']
-    use_pbar = sys.stderr.isatty() if use_pbar is None else use_pbar
-    pbar = None
-    if rank == 0 and use_pbar:
+    run = _TrainingRun(opt, model, sampler, train_loader, val_loaders, iters_per_epoch, current_iter,
+                       start_iter=current_iter, last_saved=current_iter)
+    run.tb = build_trackers(opt, rank) or None  # TensorBoard and/or W&B (rank 0)
+    use_pbar = opt['logger']['use_pbar']
+    if rank == 0 and (sys.stderr.isatty() if use_pbar is None else use_pbar):
         from tqdm import tqdm
-        pbar = tqdm(total=total_iter, initial=current_iter, unit='it', dynamic_ncols=True)
+        run.pbar = tqdm(total=total_iter, initial=current_iter, unit='it', dynamic_ncols=True)
+    run.t_start = time.time()
+    return run
 
-    start_iter, t_start = current_iter, time.time()
-    logs: dict[str, float] = {}
-    n_logs, data_time = 0, 0.0
-    last_saved = current_iter
-    stopped = False
-    try:
-        while current_iter < total_iter and not stopped:
-            epoch, within = divmod(current_iter, iters_per_epoch)
-            sampler.set_epoch(epoch, within * train_opt['batch_size_per_gpu'])
+
+def _train_loop(run: _TrainingRun, on_validation: ValidationCallback | None) -> bool:
+    """Train up to ``train.total_iter``, logging, saving and validating at their frequencies; True when
+    ``on_validation`` asked to stop."""
+    model, log_cfg, val_freq = run.model, run.opt['logger'], run.opt['val']['val_freq']
+    meter = _LossMeter()
+    while run.current_iter < run.total_iter:
+        epoch, within = divmod(run.current_iter, run.iters_per_epoch)
+        run.sampler.set_epoch(epoch, within * run.batch)
+        t_data = time.time()
+        for data in run.train_loader:
+            data_time = time.time() - t_data
+            run.current_iter += 1
+            it = run.current_iter
+            model.feed_data(data)
+            out = model.optimize_parameters(it)
+            meter.add(out)
+            if run.pbar is not None:
+                run.pbar.update(1)
+                run.pbar.set_postfix(loss=f"{out['l_total']:.4e}")
+            if it % log_cfg['print_freq'] == 0:
+                _log_progress(run, meter, epoch, data_time)
+                meter.reset()
+            if it % log_cfg['save_checkpoint_freq'] == 0:
+                model.save(it, epoch)
+                run.last_saved = it
+            if val_freq and it % val_freq == 0 and run.val_loaders:
+                results = validate(model, run.val_loaders, run.opt, it, run.tb)
+                if on_validation is not None and on_validation(it, results):
+                    return True
+            if it >= run.total_iter or it % run.iters_per_epoch == 0:
+                break  # the end of the run, or of an epoch shortened by train.limit_train_batches
             t_data = time.time()
-            for data in train_loader:
-                data_time = time.time() - t_data
-                current_iter += 1
-                model.feed_data(data)
-                out = model.optimize_parameters(current_iter)
-                for k, v in out.items():
-                    logs[k] = logs.get(k, 0.0) + v
-                n_logs += 1
-                if pbar is not None:
-                    pbar.update(1)
-                    pbar.set_postfix(loss=f"{out['l_total']:.4e}")
-                if current_iter % log_cfg['print_freq'] == 0:
-                    _log_progress(model, logs, n_logs, current_iter, total_iter, epoch, t_start, start_iter,
-                                  data_time, train_opt['batch_size_per_gpu'], tb)
-                    logs, n_logs = {}, 0
-                if current_iter % log_cfg['save_checkpoint_freq'] == 0:
-                    model.save(current_iter, epoch)
-                    last_saved = current_iter
-                if val_freq and current_iter % val_freq == 0 and val_loaders:
-                    results = validate(model, val_loaders, opt, current_iter, tb)
-                    if on_validation is not None and on_validation(current_iter, results):
-                        stopped = True
-                        break
-                if current_iter >= total_iter or current_iter % iters_per_epoch == 0:
-                    break  # the end of the run, or of an epoch shortened by train.limit_train_batches
-                t_data = time.time()
-        if stopped:
-            logger.info('Stopped at iteration %d by the validation callback, after %.1f s', current_iter,
-                        time.time() - t_start)
-            _write_curves(opt, rank)
-            return model
-        if last_saved != current_iter:
-            model.save(current_iter, current_iter // iters_per_epoch)
-        if val_loaders and not (val_freq and current_iter % val_freq == 0):
-            results = validate(model, val_loaders, opt, current_iter, tb)
-            if on_validation is not None:
-                on_validation(current_iter, results)
-        logger.info('Training finished at iteration %d in %.1f s', current_iter, time.time() - t_start)
-        _write_curves(opt, rank)
-        return model
-    finally:
-        if pbar is not None:
-            pbar.close()
-        if tb is not None:
-            tb.close()
+    return False
+
+
+def _finish(run: _TrainingRun, on_validation: ValidationCallback | None) -> None:
+    """The final checkpoint and validation, unless the last iteration already had them."""
+    it, val_freq = run.current_iter, run.opt['val']['val_freq']
+    if run.last_saved != it:
+        run.model.save(it, it // run.iters_per_epoch)
+    if run.val_loaders and not (val_freq and it % val_freq == 0):
+        results = validate(run.model, run.val_loaders, run.opt, it, run.tb)
+        if on_validation is not None:
+            on_validation(it, results)
+    logger.info('Training finished at iteration %d in %.1f s', it, time.time() - run.t_start)
+
+
+def _log_progress(run: _TrainingRun, meter: _LossMeter, epoch: int, data_time: float) -> None:
+    """One progress line (rank 0): losses averaged over the ranks, lr, speed, ETA; also train_scalars.jsonl and
+    TensorBoard. Every rank takes part (one collective, at the same iterations)."""
+    model, it = run.model, run.current_iter
+    means = dist_utils.reduce_mean(meter.sums, meter.count, model.device)
+    if model.rank != 0:
+        return
+    per_iter = (time.time() - run.t_start) / max(it - run.start_iter, 1)
+    eta = int(per_iter * (run.total_iter - it))
+    lrs = ','.join(f'{lr:.3e}' for lr in model.current_lr())
+    losses = ' '.join(f'{k}: {v:.4e}' for k, v in means.items())
+    bursts = run.batch * model.world_size / per_iter
+    mem = f' mem: {torch.cuda.max_memory_allocated(model.device) / 2 ** 30:.2f}G' if model.device.type == 'cuda' else ''
+    logger.info('[epoch %d iter %d/%d lr:(%s)] [eta %d:%02d:%02d, %.3fs/it, data %.3fs, %.2f bursts/s%s] %s',
+                epoch, it, run.total_iter, lrs, eta // 3600, eta // 60 % 60, eta % 60, per_iter, data_time,
+                bursts, mem, losses)
+    append_jsonl(Path(run.opt['path']['experiments_root']) / SCALARS_FILE,
+                 {'iter': it, 'epoch': epoch, **means, 'lr': model.current_lr()[0],
+                  'bursts_per_s': round(bursts, 4), 's_per_iter': round(per_iter, 4)})
+    if run.tb is not None:
+        for k, v in means.items():
+            run.tb.add_scalar(f'losses/{k}' if k.startswith('l_') else f'train/{k}', v, it)
+        run.tb.add_scalar('train/lr', model.current_lr()[0], it)
+        run.tb.add_scalar('train/bursts_per_s', bursts, it)

@@ -1,15 +1,21 @@
-"""Training/evaluation models (``*_model.py``): own the network, optimisation, validation and checkpoints."""
+"""Training/evaluation models (``*_model.py``): own the network, optimisation, validation and checkpoints.
+
+Every model derives from ``codes.models.base_model.BaseModel``, which declares the interface the runners use.
+"""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING
 
 from codes.utils.build import OptionError
 from codes.utils.registry import MODEL_REGISTRY
 
+if TYPE_CHECKING:  # importing the base class pulls in torch and the builders: only where a model is built
+    from codes.models.base_model import BaseModel, Options
+
 __all__ = ['build_model', 'MODEL_REGISTRY']
 
 
-def build_model(opt: Mapping[str, Any]) -> Any:
+def build_model(opt: Options) -> BaseModel:
     """Build ``opt['model_type']`` from the whole (normalised) option tree."""
     name = opt.get('model_type')
     if name is None:

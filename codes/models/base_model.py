@@ -1,66 +1,93 @@
-"""The model base class: device, DDP wrapping, precision, optimiser and scheduler, EMA, freezing, checkpoints.
+"""The model base class: the interface every model implements, the training step and the validation template.
 
-Subclasses add ``feed_data``, the loss in ``compute_loss`` and ``validation``. The training step itself lives
-here (``optimize_parameters``), so every model gets autocast, GradScaler (fp16 only), gradient clipping, the
-non-finite-gradient guard and the EMA update the same way.
+``BaseModel`` builds ``net_g`` (on its device, DDP-wrapped under torchrun) and, when training, the optimiser,
+scheduler, loss, GradScaler (fp16 only), freezing and warm-up; its training step (``optimize_parameters``) gives
+every model autocast, clipping, the non-finite guard and the EMA update the same way. The model owns the small
+objects that hold the rest of the training state, because each of them saves or restores the model's own parts:
+
+* ``WeightEMA`` (``codes.models.ema``): the EMA copy of the weights;
+* ``NonFiniteGuard``, ``BestMetrics``, ``DivergenceGuard`` (``codes.models.guards``);
+* ``Checkpointer`` (``codes.models.checkpointer``): save, prune (``logger.keep_last``), RNG states on resume.
+
+Every setting is read from the option tree here, in ``__init__`` / ``_init_training``, and handed to those
+objects as constructor arguments; what changes from call to call (where validation writes images, how many) is
+an argument of the call. Subclasses implement ``feed_data``, ``compute_loss``, ``score_sample`` and
+``save_visuals``; ``validation`` is one template for all of them.
 """
 from __future__ import annotations
 
-import copy
+import abc
 import fnmatch
 import logging
 import math
 import os
-from contextlib import nullcontext
+import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from codes.archs import build_network
 from codes.losses import build_loss
 from codes.metrics import build_metric
-from codes.models.optim import build_optimizer, build_scheduler
-from codes.utils import dist as du
+from codes.metrics.metric_util import MetricUnavailable
+from codes.models.checkpointer import Checkpointer
+from codes.models.ema import WeightEMA
+from codes.models.guards import BestMetrics, DivergenceGuard, NonFiniteGuard
+from codes.models.optim import build_optimizer, build_scheduler, weight_decay_groups
+from codes.utils import dist as dist_utils
+from codes.utils import precision
 from codes.utils.build import OptionError
-from codes.utils.checkpoint import atomic_save, get_rng_states, load_network, set_rng_states
+from codes.utils.checkpoint import POINTER_NAME, load_network
+from codes.visualization.panels import panel_metric
 
-__all__ = ['BaseModel', 'select_device']
+__all__ = ['BaseModel', 'Options', 'select_device']
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+#: the normalised option tree (``codes.utils.options.normalize_options``: every default filled in)
+Options = dict[str, Any]
 
 
-def select_device(opt: dict) -> torch.device:
+def select_device(opt: Options) -> torch.device:
     """``cuda:LOCAL_RANK`` when CUDA is available and ``num_gpu`` is not 0, else the CPU."""
     num_gpu = opt['num_gpu']
     if num_gpu != 0 and torch.cuda.is_available():
-        return torch.device('cuda', du.local_rank())
+        return torch.device('cuda', dist_utils.local_rank())
     if num_gpu not in (0, 'auto'):
         logger.warning('num_gpu is %s but CUDA is not available: running on the CPU', num_gpu)
     return torch.device('cpu')
 
 
-class BaseModel:
-    """Owns ``net_g`` (and ``net_g_ema``), its optimisation, its checkpoints, the validation metrics
-    (``val.metrics``) and the sharded gathering of per-sample validation records.
+class BaseModel(abc.ABC):
+    """Owns ``net_g`` (and its EMA), its optimisation, its checkpoints, the validation metrics (``val.metrics``)
+    and the sharded gathering of per-sample validation records.
+
+    ``feed_data`` sets ``self.lq``, ``self.gt`` (None without a ground truth) and ``self.keys`` (the sample keys,
+    or None), which the training step and the validation template read.
 
     Args:
-        opt: the whole normalised option tree (``codes.utils.options.normalize_options``: every default filled in).
+        opt: the whole normalised option tree.
     """
 
     #: whether ``validation`` writes challenge submission files (test.py's default for ``val.save_submission``)
     writes_submission = False
     #: option blocks this model adds to ``codes.utils.options.SCHEMA`` (same notation; merged in by model_type)
     option_schema: dict = {}
+    #: per-sample values that ``score_sample`` adds besides the metrics (the trivial answer's score), averaged too
+    reference_values: tuple[str, ...] = ()
+    #: whether test.py's validation (``current_iter`` 0) logs one line per sample
+    logs_per_sample = False
 
-    def __init__(self, opt: dict) -> None:
+    def __init__(self, opt: Options) -> None:
         self.opt = opt
         self.is_train = bool(opt.get('is_train', False))
-        self.rank, self.world_size = du.get_dist_info()
+        self.rank, self.world_size = dist_utils.get_dist_info()
         self.device = select_device(opt)
         self.net_g = build_network(opt['network_g']).to(self.device)
         n_params = sum(p.numel() for p in self.net_g.parameters())
@@ -69,36 +96,28 @@ class BaseModel:
         self.pretrained = path['pretrain_network_g']
         if self.pretrained:
             load_network(self.net_g, self.pretrained, path['strict_load_g'], path['param_key_g'])
-        self.net_g_ema: nn.Module | None = None
-        self.amp_dtype = _DTYPES[opt['train']['precision']]
-        self.eval_dtype = _DTYPES[opt['val']['precision']]
-        self.best: dict[str, dict[str, Any]] = {}
-        self.nan_skips = 0
+        self.ema: WeightEMA | None = None
+        self.amp_dtype = precision.to_dtype(opt['train']['precision'])
+        self.eval_dtype = precision.to_dtype(opt['val']['precision'])
         metrics = opt['val']['metrics']
         self.metrics: dict[str, Callable[..., float]] = {
             name: build_metric(m, f'val.metrics.{name}') for name, m in metrics.items()}
-        self.better = {name: m.get('better', 'higher') for name, m in metrics.items()}
+        self.best_metrics = BestMetrics({name: m.get('better', 'higher') for name, m in metrics.items()})
+        self.panel_metric: str | None = panel_metric(metrics)  # the metric shown in the comparison panels' labels
+        self.non_finite = NonFiniteGuard(opt['train']['nan_skip_limit'])
+        self.divergence_guard: DivergenceGuard | None = None
+        self.checkpointer: Checkpointer | None = None
         self._unavailable: set[str] = set()
         self.warmup_iter = 0
-        self.guard_metric: str | None = None  # both set from train.* by _init_training
         if self.is_train:
             self._init_training()
 
     # ------------------------------------------------------------------------------------------------ setup
     def _init_training(self) -> None:
-        train = self.opt['train']
+        opt, train = self.opt, self.opt['train']
         self.net_g.train()
-        ema_decay = float(train['ema_decay'])
-        if ema_decay > 0:
-            self.net_g_ema = copy.deepcopy(self.net_g).eval()
-            for p in self.net_g_ema.parameters():
-                p.requires_grad_(False)
-            if self.pretrained:  # an EMA in the pretrain file wins over a copy of params
-                try:
-                    load_network(self.net_g_ema, self.pretrained, True, 'params_ema')
-                except Exception as exc:  # the file has no usable params_ema: keep the copy of params
-                    logger.info('EMA starts as a copy of net_g (%s)', exc)
-        self.ema_decay = ema_decay
+        if float(train['ema_decay']) > 0:
+            self.ema = WeightEMA(self.net_g, float(train['ema_decay']), self.pretrained)
         self.freeze_patterns = list(train['freeze']['patterns'])
         self.freeze_iters = int(train['freeze']['iters'])
         if self.freeze_patterns and self.freeze_iters > 0 and self.pretrained:
@@ -107,31 +126,32 @@ class BaseModel:
             self.freeze_iters = 0
         self._frozen: bool | None = None
         if self.world_size > 1:
-            find_unused = self.opt['find_unused_parameters']
+            find_unused = opt['find_unused_parameters']
             if find_unused is None:
                 find_unused = self.freeze_iters > 0
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.net_g = DistributedDataParallel(self.net_g, device_ids=ids, find_unused_parameters=find_unused)
-        self.optimizer = build_optimizer(self.optimizer_params(), train['optim_g'])
+        params = weight_decay_groups(self.optimizer_params(), self.bare_net, train['no_weight_decay'])
+        self.optimizer = build_optimizer(params, train['optim_g'])
         self.scheduler = build_scheduler(self.optimizer, train['scheduler']) if train['scheduler'] else None
         self.cri_pix = build_loss(train['pixel_opt']).to(self.device)
-        precision = train['precision']
-        self.scaler = torch.amp.GradScaler(self.device.type) if precision == 'fp16' else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if train['precision'] == 'fp16' else None
         self.grad_clip_norm = train['grad_clip_norm']
         self.warmup_iter = max(int(train['warmup_iter']), 0)
         for g in self.optimizer.param_groups:  # schedulers set it too; the warm-up ramps towards it
             g.setdefault('initial_lr', g['lr'])
-        self.nan_skip_limit = int(train['nan_skip_limit'])
         guard = train['divergence_guard']
-        self.guard_metric = guard['metric']
-        self.guard_max_drop = float(guard['max_drop'])
-        self.guard_lr_factor = float(guard['lr_factor'])
-        if self.guard_metric is not None and self.guard_metric not in self.metrics:
-            raise OptionError('train.divergence_guard.metric', f"'{self.guard_metric}' is not one of val.metrics "
-                              f"({', '.join(self.metrics) or 'none'})", self.opt.get('opt_file'))
-        self._snapshot: dict[str, Any] | None = None
-        self.rollbacks = 0
-        logger.info('Training in %s on %s (world size %d)', precision, self.device, self.world_size)
+        if guard['metric'] is not None and guard['metric'] not in self.metrics:
+            raise OptionError('train.divergence_guard.metric', f"'{guard['metric']}' is not one of val.metrics "
+                              f"({', '.join(self.metrics) or 'none'})", opt.get('opt_file'))
+        self.divergence_guard = DivergenceGuard(
+            guard['metric'], guard['max_drop'], guard['lr_factor'], self.best_metrics, self.optimizer,
+            {'net': self.bare_net, 'ema': self.ema, 'scaler': self.scaler})
+        path = opt['path']
+        self.checkpointer = Checkpointer(path['models'], path['training_states'],
+                                         Path(path['experiments_root']) / POINTER_NAME, opt['logger']['keep_last'],
+                                         self.rank, self.world_size)
+        logger.info('Training in %s on %s (world size %d)', train['precision'], self.device, self.world_size)
 
     def optimizer_params(self) -> Any:
         """What the optimiser gets: all parameters of ``net_g`` (subclasses may return parameter groups)."""
@@ -142,12 +162,36 @@ class BaseModel:
         """``net_g`` without its DDP wrapper."""
         return self.net_g.module if isinstance(self.net_g, DistributedDataParallel) else self.net_g
 
-    def autocast(self, dtype: torch.dtype | None = None):
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network used for validation and testing: the EMA copy if there is one."""
+        return self.ema.net if self.ema is not None else self.bare_net
+
+    def autocast(self, dtype: torch.dtype | None = None) -> AbstractContextManager:
         """Autocast to ``dtype`` (default: the training precision); a no-op for fp32."""
-        dtype = dtype or self.amp_dtype
-        if dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return precision.autocast(self.device, dtype or self.amp_dtype)
+
+    # --------------------------------------------------------------------------------- the model's own steps
+    @abc.abstractmethod
+    def feed_data(self, data: dict[str, Any]) -> None:
+        """Move a collated batch to the device: set ``lq``, ``gt`` (or None) and ``keys`` (or None)."""
+
+    @abc.abstractmethod
+    def compute_loss(self) -> dict[str, torch.Tensor]:
+        """Forward and losses of the current batch: ``{'l_total': ..., 'l_pix': ...}``."""
+
+    @abc.abstractmethod
+    def score_sample(self, output: Any, gt: torch.Tensor, i: int, names: list[str]) -> dict[str, float]:
+        """The values of sample ``i`` of the batch: the metrics ``names`` (see :meth:`apply_metrics`) and the
+        ``reference_values``. ``output`` is that sample's part of :meth:`predict`'s result, ``gt`` (3, H, W)."""
+
+    @abc.abstractmethod
+    def save_visuals(self, output: Any, i: int, key: str, rec: dict[str, Any], image_dir: str | Path | None,
+                     tb_writer: Any, dataset_name: str, current_iter: int) -> None:
+        """Write the pictures of sample ``i`` (its record ``rec``) to ``image_dir`` and/or ``tb_writer``."""
+
+    def save_submission(self, output: Any, path: Path) -> None:
+        """Write sample ``output`` in the challenge's submission format (models without one write nothing)."""
 
     # --------------------------------------------------------------------------------------------- training
     def apply_freeze(self, current_iter: int) -> None:
@@ -165,10 +209,6 @@ class BaseModel:
                         len(names), self.freeze_patterns, current_iter)
         self._frozen = frozen
 
-    def compute_loss(self) -> dict[str, torch.Tensor]:
-        """Forward and losses of the current batch: ``{'l_total': ..., 'l_pix': ...}``. Subclasses implement."""
-        raise NotImplementedError
-
     def optimize_parameters(self, current_iter: int) -> dict[str, float]:
         """One training step; returns the losses as floats (and ``skipped`` when the step was skipped).
 
@@ -184,10 +224,10 @@ class BaseModel:
         self.optimizer.zero_grad(set_to_none=True)
         losses = self.compute_loss()
         total = losses['l_total']
-        if self._loss_is_non_finite(total):  # before backward: some kernels crash on NaN (deform_conv2d on CPU)
+        # before backward: some kernels crash on NaN (deform_conv2d on CPU)
+        if self.non_finite.loss_is_non_finite(total, self.world_size):
             self.optimizer.zero_grad(set_to_none=True)
-            out = {k: float(v.detach()) for k, v in losses.items()}
-            return self._skip_step(current_iter, out, 'loss')
+            return self.non_finite.skip(current_iter, {k: float(v.detach()) for k, v in losses.items()}, 'loss')
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
@@ -208,41 +248,12 @@ class BaseModel:
         elif math.isfinite(out['grad_norm']):
             self.optimizer.step()
         else:  # gradients are identical on every rank after the all-reduce, so every rank skips together
-            return self._skip_step(current_iter, out, 'gradient')
+            return self.non_finite.skip(current_iter, out, 'gradient')
         if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
-        if self.net_g_ema is not None:
-            self._update_ema()
+        if self.ema is not None:
+            self.ema.update(self.bare_net)
         return out
-
-    def _loss_is_non_finite(self, total: torch.Tensor) -> bool:
-        """Whether the loss is NaN/inf on this rank or on any other (one small all-reduce under DDP), so that every
-        rank skips the backward together and DDP's gradient all-reduce stays matched."""
-        bad = (~torch.isfinite(total.detach())).any().to(torch.float32).reshape(1)
-        if self.world_size > 1:
-            du.all_reduce_sum(bad)
-        return bool(bad.item() > 0)
-
-    def _skip_step(self, current_iter: int, out: dict[str, float], what: str) -> dict[str, float]:
-        """Count a skipped step (non-finite ``what``: 'loss' or 'gradient'); too many end the run."""
-        self.nan_skips += 1
-        out['skipped'] = 1.0
-        out.setdefault('grad_norm', float('nan'))
-        logger.warning('Non-finite %s at iteration %d (loss %s): step skipped (%d so far)', what, current_iter,
-                       out['l_total'], self.nan_skips)
-        if self.nan_skips > self.nan_skip_limit:
-            raise FloatingPointError(f'more than train.nan_skip_limit={self.nan_skip_limit} non-finite steps; '
-                                     'lower the learning rate, set train.grad_clip_norm or use fp32')
-        return out
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        ema_params = dict(self.net_g_ema.named_parameters())
-        for name, p in self.bare_net.named_parameters():
-            ema_params[name].lerp_(p.detach(), 1.0 - self.ema_decay)
-        ema_buffers = dict(self.net_g_ema.named_buffers())
-        for name, b in self.bare_net.named_buffers():
-            ema_buffers[name].copy_(b)
 
     def step_plateau(self, value: float) -> None:
         """Step a ReduceLROnPlateau scheduler with a validation value (other schedulers ignore it)."""
@@ -253,7 +264,107 @@ class BaseModel:
         """The learning rate of every parameter group."""
         return [g['lr'] for g in self.optimizer.param_groups]
 
+    @property
+    def nan_skips(self) -> int:
+        """How many steps were skipped for a non-finite loss or gradient."""
+        return self.non_finite.count
+
+    @property
+    def nan_skip_limit(self) -> int:
+        """``train.nan_skip_limit``: more skipped steps than this end the run."""
+        return self.non_finite.limit
+
+    @nan_skip_limit.setter
+    def nan_skip_limit(self, value: int) -> None:
+        self.non_finite.limit = int(value)
+
+    # -------------------------------------------------------------------------------- after each validation
+    @property
+    def best(self) -> dict[str, dict[str, Any]]:
+        """``{val set: {metric: {'value': ..., 'iter': ...}}}``: the best validation values so far."""
+        return self.best_metrics.best
+
+    def update_best(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> list[str]:
+        """Track the best value of every metric; returns the names that improved."""
+        return self.best_metrics.update(dataset_name, mean, current_iter)
+
+    def guard_divergence(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> bool:
+        """The divergence guard (``train.divergence_guard``; see ``DivergenceGuard.check``), called after each
+        validation and ``update_best``: True when it rolled the training state back."""
+        return self.divergence_guard is not None and self.divergence_guard.check(dataset_name, mean, current_iter)
+
+    @property
+    def rollbacks(self) -> int:
+        """How many times the divergence guard rolled back."""
+        return self.divergence_guard.rollbacks if self.divergence_guard is not None else 0
+
     # --------------------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def predict(self, lq: torch.Tensor) -> Any:
+        """Eval-mode forward of ``eval_net`` (EMA if any) in ``val.precision`` (fp32 by default); the output (a
+        tensor, or a tuple of them) as float32."""
+        net = self.eval_net
+        was_training = net.training
+        net.eval()
+        with self.autocast(self.eval_dtype):
+            out = net(lq.to(self.device))
+        net.train(was_training)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+    def validation(self, loader: DataLoader, dataset_name: str, *, image_dir: str | Path | None = None,
+                   submission_dir: str | Path | None = None, max_images: int = 0,
+                   tb_writer: Any = None, current_iter: int = 0) -> dict[str, Any]:
+        """Score every sample of ``loader`` (sharded over ranks) and return ``{'mean': {...}, 'per_image': [...]}``.
+
+        Args:
+            loader: a batch-1 loader whose sampler shards the dataset (``ShardSampler``).
+            dataset_name: used in logs and image names.
+            image_dir: write the pictures of the first ``max_images`` samples here (:meth:`save_visuals`).
+            submission_dir: write every prediction here in the submission format (:meth:`save_submission`).
+            max_images: how many samples get pictures (also sent to TensorBoard when ``tb_writer`` is given).
+            current_iter: the training iteration (0: test.py).
+        """
+        names = [n for n in self.metrics if n not in self._unavailable]
+        records: list[dict[str, Any]] = []
+        start = time.time()
+        for data in loader:
+            self.feed_data(data)
+            outputs = self.predict(self.lq)
+            for i, output in enumerate(zip(*outputs) if isinstance(outputs, tuple) else outputs):
+                key = self.keys[i] if self.keys is not None else str(len(records))
+                rec: dict[str, Any] = {'key': key}
+                if self.gt is not None:
+                    rec.update(self.score_sample(output, self.gt[i].float(), i, names))
+                if submission_dir is not None:
+                    self.save_submission(output, Path(submission_dir) / f'{key}.png')
+                if self.sample_index(len(records)) < max_images and (image_dir is not None or tb_writer is not None):
+                    self.save_visuals(output, i, key, rec, image_dir, tb_writer, dataset_name, current_iter)
+                records.append(rec)
+        per_image = self._gather(records)
+        value_names = [n for n in names + list(self.reference_values) if per_image and n in per_image[0]]
+        if self.logs_per_sample and not current_iter and self.rank == 0:
+            for rec in per_image:
+                logger.info('%s %s: %s', dataset_name, rec['key'],
+                            ', '.join(f'{n}: {rec[n]:.4f}' for n in value_names if n in rec))
+        mean = {n: float(np.mean([r[n] for r in per_image])) for n in value_names}
+        mean['num_samples'] = len(per_image)
+        mean['seconds'] = round(time.time() - start, 3)
+        return {'mean': mean, 'per_image': per_image}
+
+    def apply_metrics(self, pred: torch.Tensor, gt: torch.Tensor, names: list[str],
+                      extra: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+        """Run the metrics ``names`` (with per-metric keyword arguments ``extra``); a metric that raises
+        ``MetricUnavailable`` is logged once and removed from ``names`` for the rest of the run."""
+        rec = {}
+        for name in list(names):
+            try:
+                rec[name] = float(self.metrics[name](pred, gt, **(extra or {}).get(name, {})))
+            except MetricUnavailable as exc:
+                logger.warning('Metric %s skipped: %s', name, exc)
+                self._unavailable.add(name)
+                names.remove(name)
+        return rec
+
     def sample_index(self, local_count: int) -> int:
         """The dataset index of this rank's ``local_count``-th sample under ``ShardSampler``."""
         return self.rank + local_count * self.world_size
@@ -269,141 +380,30 @@ class BaseModel:
             out.extend(p[j] for p in parts if j < len(p))
         return out
 
-    def update_best(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> list[str]:
-        """Track the best value of every metric; returns the names that improved."""
-        improved = []
-        best = self.best.setdefault(dataset_name, {})
-        for name, value in mean.items():
-            if name not in self.metrics or not math.isfinite(value):
-                continue
-            higher = self.better.get(name, 'higher') == 'higher'
-            old = best.get(name)
-            if old is None or (value > old['value'] if higher else value < old['value']):
-                best[name] = {'value': value, 'iter': current_iter}
-                improved.append(name)
-        return improved
-
-    def guard_divergence(self, dataset_name: str, mean: dict[str, float], current_iter: int) -> bool:
-        """The divergence guard (``train.divergence_guard``), called after each validation and ``update_best``.
-
-        When ``metric`` is non-finite or worse than its best by more than ``max_drop``, the weights, EMA, optimiser
-        and scaler state of the last good validation are restored (the scheduler keeps its place), every learning
-        rate is multiplied by ``lr_factor``, and True is returned. Otherwise the current state becomes the last good
-        one (a CPU copy). All ranks see the same gathered metrics, so they decide alike.
-        """
-        metric = self.guard_metric
-        if not metric or metric not in mean:
-            return False
-        value, best = mean[metric], self.best.get(dataset_name, {}).get(metric)
-        higher = self.better.get(metric, 'higher') == 'higher'
-        gap = 0.0 if best is None else (best['value'] - value if higher else value - best['value'])
-        if math.isfinite(value) and gap <= self.guard_max_drop:
-            self._snapshot = _to_cpu({
-                'net': self.bare_net.state_dict(), 'optimizer': self.optimizer.state_dict(),
-                'ema': self.net_g_ema.state_dict() if self.net_g_ema is not None else None,
-                'scaler': self.scaler.state_dict() if self.scaler is not None else None, 'iter': current_iter})
-            return False
-        if self._snapshot is None:
-            logger.warning('Divergence guard: %s %s = %s at iteration %d, but there is no earlier good state',
-                           dataset_name, metric, value, current_iter)
-            return False
-        snap = self._snapshot
-        lrs = [g['lr'] * self.guard_lr_factor for g in self.optimizer.param_groups]
-        self.bare_net.load_state_dict(snap['net'])
-        self.optimizer.load_state_dict(snap['optimizer'])
-        for g, lr in zip(self.optimizer.param_groups, lrs):
-            g['lr'] = lr
-        if self.net_g_ema is not None and snap['ema'] is not None:
-            self.net_g_ema.load_state_dict(snap['ema'])
-        if self.scaler is not None and snap['scaler'] is not None:
-            self.scaler.load_state_dict(snap['scaler'])
-        self.rollbacks += 1
-        logger.warning('Divergence guard: %s %s = %.4f at iteration %d (best %.4f): rolled back weights and optimiser '
-                       'state to iteration %d, learning rates now %s (rollback %d)', dataset_name, metric, value,
-                       current_iter, best['value'] if best else float('nan'), snap['iter'],
-                       ', '.join(f'{lr:.3e}' for lr in lrs), self.rollbacks)
-        return True
-
-    @property
-    def eval_net(self) -> nn.Module:
-        """The network used for validation and testing: the EMA copy if there is one."""
-        return self.net_g_ema if self.net_g_ema is not None else self.bare_net
-
     # -------------------------------------------------------------------------------------------- checkpoints
     def save(self, current_iter: int, epoch: int) -> None:
-        """Write ``net_g_<iter>.pth`` and ``<iter>.state`` atomically (rank 0), then the ``last_checkpoint`` pointer.
-
-        Every rank takes part, because the RNG states of all ranks are gathered into the state file.
-        """
-        rng = get_rng_states()
-        if self.world_size > 1:
-            gathered: list[Any] = [None] * self.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-        else:
-            gathered = [rng]
-        if self.rank == 0:
-            path = self.opt['path']
-            weights = {'params': _cpu_state(self.bare_net)}
-            if self.net_g_ema is not None:
-                weights['params_ema'] = _cpu_state(self.net_g_ema)
-            models_dir, states_dir = Path(path['models']), Path(path['training_states'])
-            atomic_save(weights, models_dir / f'net_g_{current_iter}.pth')
-            state = {
-                'iter': current_iter, 'epoch': epoch, 'optimizers': [self.optimizer.state_dict()],
-                'schedulers': [self.scheduler.state_dict()] if self.scheduler is not None else [],
-                'scaler': self.scaler.state_dict() if self.scaler is not None else None,
-                'rng': gathered, 'best': self.best, 'nan_skips': self.nan_skips, 'world_size': self.world_size,
-            }
-            atomic_save(state, states_dir / f'{current_iter}.state')
-            pointer = Path(path['experiments_root']) / 'last_checkpoint'
-            tmp = pointer.with_name('.last_checkpoint.tmp')
-            tmp.write_text(f'{states_dir / f"{current_iter}.state"}\n')
-            os.replace(tmp, pointer)
-            logger.info('Saved checkpoint and training state at iteration %d', current_iter)
-            self._prune(models_dir, states_dir, current_iter)
-        du.barrier()
-
-    def _prune(self, models_dir: Path, states_dir: Path, current_iter: int) -> None:
-        keep = int(self.opt['logger']['keep_last'])
-        if keep <= 0:
-            return
-        iters = sorted(int(p.stem) for p in states_dir.glob('*.state') if p.stem.isdigit())
-        for it in iters[:-keep]:
-            (states_dir / f'{it}.state').unlink(missing_ok=True)
-            (models_dir / f'net_g_{it}.pth').unlink(missing_ok=True)
+        """Write ``net_g_<iter>.pth``, ``<iter>.state`` and the ``last_checkpoint`` pointer (``Checkpointer``)."""
+        weights = {'params': self.bare_net}
+        if self.ema is not None:
+            weights['params_ema'] = self.ema.net
+        self.checkpointer.save(current_iter, epoch, weights, {
+            'optimizers': [self.optimizer.state_dict()],
+            'schedulers': [self.scheduler.state_dict()] if self.scheduler is not None else [],
+            'scaler': self.scaler.state_dict() if self.scaler is not None else None,
+            'best': self.best, 'nan_skips': self.nan_skips})
 
     def resume_training(self, state: dict, weights_path: str | os.PathLike) -> None:
         """Restore weights, EMA, optimiser, scheduler, scaler, RNG states and best metrics from a training state."""
         load_network(self.bare_net, weights_path, True, 'params')
-        if self.net_g_ema is not None:
-            load_network(self.net_g_ema, weights_path, True, 'params_ema')
+        if self.ema is not None:
+            load_network(self.ema.net, weights_path, True, 'params_ema')
         self.optimizer.load_state_dict(state['optimizers'][0])
         if self.scheduler is not None and state['schedulers']:
             self.scheduler.load_state_dict(state['schedulers'][0])
         if self.scaler is not None and state.get('scaler'):
             self.scaler.load_state_dict(state['scaler'])
-        rng = state['rng']
-        if len(rng) == self.world_size:
-            set_rng_states(rng[self.rank])
-        else:
-            logger.warning('Training state was written by %d ranks, this run has %d: RNG states not restored',
-                           len(rng), self.world_size)
-        self.best = state.get('best', {})
-        self.nan_skips = state.get('nan_skips', 0)
+        self.checkpointer.restore_rng(state)
+        self.best_metrics.best = state.get('best', {})
+        self.non_finite.count = state.get('nan_skips', 0)
         self._frozen = None
         logger.info('Resumed training state of iteration %d (epoch %d)', state['iter'], state['epoch'])
-
-
-def _to_cpu(obj: Any) -> Any:
-    """A deep copy of nested dicts/lists of tensors with every tensor cloned to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to('cpu', copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return copy.deepcopy(obj)
-
-
-def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in net.state_dict().items()}

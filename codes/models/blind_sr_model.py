@@ -20,23 +20,21 @@ blind_model.py`` and ``train.py``). The network's ``forward(lq)`` returns ``(sr,
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from codes.data.degradations import degrade, imresize
 from codes.losses import build_loss
 from codes.metrics.psnr_ssim_metric import calculate_psnr_matlab, to_uint8
-from codes.models.base_model import BaseModel
+from codes.models.base_model import BaseModel, Options
 from codes.utils.build import OptionError
 from codes.utils.options import TYPED_LOSS, Key
 from codes.utils.registry import MODEL_REGISTRY
-from codes.visualization.panels import Panel, View, comparison_panel, kernel_tile, panel_metric, save_sample_pictures
+from codes.visualization.panels import Panel, View, comparison_panel, kernel_tile, save_sample_pictures
 
 __all__ = ['BlindSRModel', 'kernel_to_image']
 
@@ -56,11 +54,13 @@ def kernel_to_image(kernel: Tensor, zoom: int = 4) -> np.ndarray:
 class BlindSRModel(BaseModel):
     """Blind SR model: ``lq`` (B, 3, h, w) RGB -> ``(sr (B, 3, s·h, s·w), kernel (B, 1, ks, ks))``."""
 
+    reference_values = ('bicubic_psnr',)
+    logs_per_sample = True  # one line per image in test.py, as the original test script logs
     #: ``train.kernel_opt``: the kernel loss; ``train.lr_estimator``: the Estimator's lr (None: optim_g's)
     option_schema = {'train': {'kernel_opt': Key(TYPED_LOSS, {'type': 'DCLSKernelLoss', 'loss_weight': 1.0}),
                                'lr_estimator': Key(float | None, None, minimum=0)}}
 
-    def __init__(self, opt: dict) -> None:
+    def __init__(self, opt: Options) -> None:
         net_scale = opt['network_g'].get('scale')
         top_scale = opt.get('scale')
         if net_scale is not None and top_scale is not None and net_scale != top_scale:
@@ -119,66 +119,23 @@ class BlindSRModel(BaseModel):
             total = total + l_ker
         return {'l_total': total, **losses}
 
-    @torch.no_grad()
-    def predict(self, lq: Tensor) -> tuple[Tensor, Tensor]:
-        """Eval-mode forward of ``eval_net`` (EMA if any) in ``val.precision``: float32 ``(sr, kernel)``."""
-        net = self.eval_net
-        was_training = net.training
-        net.eval()
-        with self.autocast(self.eval_dtype):
-            sr, kernel = net(lq.to(self.device))
-        net.train(was_training)
-        return sr.float(), kernel.float()
-
     # ------------------------------------------------------------------------------------------- validation
-    def validation(self, loader: DataLoader, dataset_name: str, *, image_dir: str | Path | None = None,
-                   submission_dir: str | Path | None = None, max_images: int = 0,
-                   tb_writer: Any = None, current_iter: int = 0) -> dict[str, Any]:
-        """Score every sample of ``loader`` (sharded over ranks); returns ``{'mean': {...}, 'per_image': [...]}``.
+    def score_sample(self, output: tuple[Tensor, Tensor], gt: Tensor, i: int, names: list[str]) -> dict[str, float]:
+        """The metrics ``names`` of the SR image of sample ``i`` (``output``: its ``(sr, kernel)``) and
+        ``bicubic_psnr``, the MATLAB-bicubic upsampling of its LQ scored by the same protocol."""
+        sr = output[0]
+        rec = {name: float(self.metrics[name](sr, gt)) for name in names}
+        bic = imresize(self.lq[i:i + 1].float(), self.scale)[0].clamp(0, 1)
+        rec['bicubic_psnr'] = calculate_psnr_matlab(bic, gt, crop_border=self.scale)
+        return rec
 
-        Args:
-            loader: a batch-1 loader of ``PairedBlindSRDataset`` whose sampler shards the dataset.
-            image_dir: write ``<key>.png`` (SR), ``<key>_ker.png`` (kernel) and ``<key>_panel.png`` here for the
-                first ``max_images`` samples (``<key>_<iter>...`` during training).
-            submission_dir: not used (blind SR has no submission format).
-            tb_writer: also send those images to TensorBoard.
-        """
-        names = list(self.metrics)
-        records: list[dict[str, Any]] = []
-        start = time.time()
-        for data in loader:
-            self.feed_data(data)
-            sr, kernel = self.predict(self.lq)
-            for i in range(sr.shape[0]):
-                key = self.keys[i] if self.keys is not None else str(len(records))
-                rec: dict[str, Any] = {'key': key}
-                if self.gt is not None:
-                    gt = self.gt[i].float()
-                    for name in names:
-                        rec[name] = float(self.metrics[name](sr[i], gt))
-                    bic = imresize(self.lq[i:i + 1].float(), self.scale)[0].clamp(0, 1)
-                    rec['bicubic_psnr'] = calculate_psnr_matlab(bic, gt, crop_border=self.scale)
-                if self.sample_index(len(records)) < max_images and (image_dir is not None or tb_writer is not None):
-                    self._save_visual(sr[i], kernel[i], i, key, rec, image_dir, tb_writer, dataset_name,
-                                      current_iter)
-                records.append(rec)
-        per_image = self._gather(records)
-        value_names = [n for n in names + ['bicubic_psnr'] if per_image and n in per_image[0]]
-        if not current_iter and self.rank == 0:  # test.py: one line per image, as the original test script logs
-            for rec in per_image:
-                logger.info('%s %s: %s', dataset_name, rec['key'],
-                            ', '.join(f'{n}: {rec[n]:.4f}' for n in value_names if n in rec))
-        mean = {n: float(np.mean([r[n] for r in per_image])) for n in value_names}
-        mean['num_samples'] = len(per_image)
-        mean['seconds'] = round(time.time() - start, 3)
-        return {'mean': mean, 'per_image': per_image}
-
-    def _save_visual(self, sr: Tensor, kernel: Tensor, i: int, key: str, rec: dict[str, Any],
+    def save_visuals(self, output: tuple[Tensor, Tensor], i: int, key: str, rec: dict[str, Any],
                      image_dir: str | Path | None, tb_writer: Any, dataset_name: str, current_iter: int) -> None:
-        """``<stem>.png`` (SR), ``<stem>_ker.png`` (estimated kernel) and the comparison panel ``<stem>_panel.png``
-        (also to TensorBoard), ``<stem>`` being ``<key>_<iter>`` in training; test.py (``current_iter`` 0) also
-        writes the full-resolution ``<key>_input.png`` (bicubic) and ``<key>_gt.png`` for the HTML report."""
-        panel, files = self.make_panel(sr, kernel, i, rec)
+        """For ``output`` = ``(sr, kernel)`` of sample ``i``: ``<stem>.png`` (SR), ``<stem>_ker.png`` (estimated
+        kernel) and the comparison panel ``<stem>_panel.png`` (also to TensorBoard), ``<stem>`` being
+        ``<key>_<iter>`` in training; test.py (``current_iter`` 0) also writes the full-resolution
+        ``<key>_input.png`` (bicubic) and ``<key>_gt.png`` for the HTML report."""
+        panel, files = self.make_panel(output[0], output[1], i, rec)
         if current_iter:
             files = {k: files[k] for k in ('', '_ker')}
         stem = f'{key}_{current_iter}' if current_iter else key
@@ -189,7 +146,7 @@ class BlindSRModel(BaseModel):
         """The comparison panel of batch sample ``i`` (bicubic input, SR, GT, crops, error map, the estimated and,
         when the batch has one, the true kernel) and its full-size images by file suffix (``''``: SR, ``'_ker'``,
         ``'_input'``, ``'_gt'``)."""
-        metric = panel_metric(self.opt.get('val', {}).get('metrics', {}))
+        metric = self.panel_metric
         bic = imresize(self.lq[i:i + 1].float(), self.scale)[0].clamp(0, 1)
         views = [_view('bicubic input', bic, rec.get('bicubic_psnr'), 'bicubic_psnr'),
                  _view('prediction', sr.clamp(0, 1), rec.get(metric), metric or 'PSNR')]

@@ -6,6 +6,10 @@ name (``SGD``, ``AdamW``, ``OneCycleLR``, ...), plus BasicSR's ``MultiStepRestar
 ``CosineAnnealingRestartLR`` (XPixelGroup/BasicSR: ``basicsr/models/lr_scheduler.py``) with BasicSR's semantics.
 ``SequentialLR`` and ``ChainedScheduler`` take their ``schedulers`` as a list of scheduler blocks. Schedulers are
 stepped once per iteration, except ``ReduceLROnPlateau``, which is stepped after each validation.
+
+:func:`weight_decay_groups` puts the parameters a network names in ``no_weight_decay()`` (and, optionally, every
+1-D parameter) in parameter groups with ``weight_decay`` 0, as timm's ``param_groups_weight_decay`` does
+(``train.no_weight_decay``).
 """
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ from collections import Counter
 from typing import Any, Iterable, Mapping
 
 import torch
+import torch.nn as nn
 from torch.optim import Optimizer, lr_scheduler
 
 from codes.utils.build import OptionError, check_kwargs
 from codes.utils.registry import OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
 
 __all__ = ['MultiStepRestartLR', 'CosineAnnealingRestartLR', 'build_optimizer', 'build_scheduler', 'OPTIMIZERS',
-           'SCHEDULERS', 'UNSUPPORTED']
+           'SCHEDULERS', 'UNSUPPORTED', 'weight_decay_groups', 'NO_WEIGHT_DECAY_MODES']
 
 #: names whose constructors need something an option file cannot hold, with what to use instead
 UNSUPPORTED = {
@@ -156,3 +161,45 @@ def build_optimizer(params: Iterable, opt: Mapping[str, Any], where: str = 'trai
 def build_scheduler(optimizer: Optimizer, opt: Mapping[str, Any], where: str = 'train.scheduler') -> Any:
     """``<type>(optimizer, **rest)`` after checking ``rest`` against the constructor."""
     return _build(SCHEDULER_REGISTRY, optimizer, opt, where, 'optimizer')
+
+
+#: values of ``train.no_weight_decay``: None (every parameter decays), 'named' (the network's
+#: ``no_weight_decay()`` names and ``no_weight_decay_keywords()`` substrings), 'named_and_1d' (also every
+#: parameter with at most one dimension: biases and normalisation weights)
+NO_WEIGHT_DECAY_MODES = (None, 'named', 'named_and_1d')
+
+
+def _exempt_names(net: nn.Module) -> tuple[set[str], tuple[str, ...]]:
+    names = getattr(net, 'no_weight_decay', None)
+    keywords = getattr(net, 'no_weight_decay_keywords', None)
+    return (set(names()) if callable(names) else set()), (tuple(keywords()) if callable(keywords) else ())
+
+
+def weight_decay_groups(params: Iterable, net: nn.Module, mode: str | None) -> Any:
+    """``params`` (parameters or parameter groups of ``net``) split so that the exempt ones decay by 0.
+
+    With ``mode`` None ``params`` is returned as it is. Otherwise each group (a plain parameter list is one group)
+    becomes a group of the decayed parameters and one of the exempt ones, with ``weight_decay: 0.0`` and the
+    group's other keys (``lr``, ...); empty groups are left out.
+    """
+    if mode is None:
+        return params
+    if mode not in NO_WEIGHT_DECAY_MODES:
+        raise ValueError(f'no_weight_decay: {mode!r} is not one of {NO_WEIGHT_DECAY_MODES}')
+    exempt, keywords = _exempt_names(net)
+    names = {id(p): n for n, p in net.named_parameters()}
+    items = list(params)
+    groups = items if items and isinstance(items[0], Mapping) else [{'params': items}]
+    out = []
+    for group in groups:
+        decay, no_decay = [], []
+        for p in group['params']:
+            name = names.get(id(p), '')
+            skip = name in exempt or any(k in name for k in keywords) or (mode == 'named_and_1d' and p.ndim <= 1)
+            (no_decay if skip else decay).append(p)
+        rest = {k: v for k, v in group.items() if k != 'params'}
+        if decay:
+            out.append({**rest, 'params': decay})
+        if no_decay:
+            out.append({**rest, 'params': no_decay, 'weight_decay': 0.0})
+    return out

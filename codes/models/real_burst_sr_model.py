@@ -26,6 +26,7 @@ from codes.data.camera_pipeline import process_burstsr_image_rgb
 from codes.metrics.aligned_metric import calculate_aligned_psnr
 from codes.metrics.alignment import SpatialColorAlignment, build_flow_estimator
 from codes.metrics.metric_util import bilinear_baseline
+from codes.models.base_model import Options
 from codes.models.burst_sr_model import BurstSRModel, _meta_item, _view
 from codes.utils.options import Key
 from codes.utils.registry import MODEL_REGISTRY
@@ -66,7 +67,7 @@ class RealBurstSRModel(BurstSRModel):
         'flow_estimator': Key(('auto', 'pwcnet', 'dis'), 'auto'), 'pwcnet_path': Key(str | None, None),
         'dis_preset': Key(('ultrafast', 'fast', 'medium'), 'medium'), 'sr_factor': Key(int, 4, minimum=1)}}}
 
-    def __init__(self, opt: dict) -> None:
+    def __init__(self, opt: Options) -> None:
         super().__init__(opt)
         align = opt['val']['alignment']
         estimator = build_flow_estimator(align['flow_estimator'], align['pwcnet_path'], align['dis_preset'],

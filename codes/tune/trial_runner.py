@@ -127,7 +127,7 @@ def _train_in_child(opt: dict, conn: Any) -> None:
     stop when it says so."""
     # train.py's training on options already resolved by the front end (what train_pipeline runs once
     # parse_options has read the file); a trial is one process: rank 0 of 1
-    from codes.train import _train
+    from codes.train import run_training
 
     def on_validation(current_iter: int, results: dict[str, dict[str, float]]) -> bool:
         conn.send(('val', current_iter, results))
@@ -135,7 +135,7 @@ def _train_in_child(opt: dict, conn: Any) -> None:
 
     try:
         args = build_arg_parser(is_train=True).parse_args(['-opt', opt['opt_file']])
-        _train(opt, args, 0, 1, on_validation)
+        run_training(opt, args, 0, 1, on_validation)
     except Exception as exc:
         reason = failure_reason(exc)
         # the logger still writes to the trial's own log: the traceback goes there

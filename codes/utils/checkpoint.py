@@ -2,8 +2,9 @@
 
 Weights live in ``models/net_g_<iter>.pth`` as ``{'params': ..., 'params_ema': ...}`` (BasicSR's layout); the
 training state (optimisers, schedulers, scaler, RNG states, iteration) lives apart in
-``training_states/<iter>.state``. Every file is written to a temporary name in the same folder, fsynced and
-renamed, so a killed run never leaves a truncated file under a real name.
+``training_states/<iter>.state``; the one-line pointer ``<experiments_root>/last_checkpoint`` names the state of
+the last completed save. Every file is written to a temporary name in the same folder, fsynced and renamed, so a
+killed run never leaves a truncated file under a real name.
 """
 from __future__ import annotations
 
@@ -13,19 +14,20 @@ import os
 import pickle
 import random
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from codes.utils.errors import UserError
-from codes.utils.files import atomic_open
+from codes.utils.files import atomic_open, atomic_write_text
 
-__all__ = ['atomic_save', 'load_file', 'extract_state_dict', 'load_network', 'get_rng_states', 'set_rng_states',
-           'find_resume_state', 'STATE_KEYS', 'CheckpointError', 'SaveError',
-           'CheckpointNotFoundError', 'load_state_dict_strict']
+__all__ = ['atomic_save', 'write_pointer', 'read_pointer', 'load_file', 'extract_state_dict', 'load_network',
+           'load_state_dict_strict', 'get_rng_states', 'set_rng_states', 'find_resume_state', 'STATE_KEYS',
+           'POINTER_NAME', 'CheckpointError', 'SaveError', 'CheckpointNotFoundError']
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,21 @@ def _os_cause(exc: BaseException) -> OSError | None:
     return None
 
 
+@contextmanager
+def _saving(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` for a reason of the system into one-line ``SaveError``."""
+    try:
+        yield
+    except BaseException as exc:
+        cause = _os_cause(exc) if isinstance(exc, Exception) else None
+        if cause is None:
+            raise
+        what = 'no space left on the device' if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
+        previous = 'the previous file under that name is intact' if path.exists() else 'nothing was written'
+        raise SaveError(f'could not write {path}: {what}; {previous}, and the checkpoints written before it are '
+                        'intact (free space, then continue with --auto_resume)') from exc
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -65,17 +82,36 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SaveError(f'could not create the folder of {path}: {exc.strerror or exc}') from exc
-    try:
+    with _saving(path):
         with atomic_open(path, 'wb') as f:
             torch.save(obj, f)
-    except BaseException as exc:
-        cause = _os_cause(exc) if isinstance(exc, Exception) else None
-        if cause is None:
-            raise
-        what = 'no space left on the device' if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
-        previous = 'the previous file under that name is intact' if path.exists() else 'nothing was written'
-        raise SaveError(f'could not write {path}: {what}; {previous}, and the checkpoints written before it are '
-                        'intact (free space, then continue with --auto_resume)') from exc
+
+
+#: the file, in the experiment folder, that names the training state of the last completed save
+POINTER_NAME = 'last_checkpoint'
+_STATE_NAME = re.compile(r'(\d+)\.state')
+
+
+def write_pointer(pointer: str | os.PathLike, state_path: str | os.PathLike) -> None:
+    """Write ``pointer`` (the ``last_checkpoint`` file): one line, the path of ``state_path``, atomically.
+
+    Raises:
+        SaveError, as :func:`atomic_save` does, when the write fails.
+    """
+    pointer = Path(pointer)
+    with _saving(pointer):
+        atomic_write_text(pointer, f'{state_path}\n')
+
+
+def read_pointer(pointer: str | os.PathLike, states_dir: str | os.PathLike) -> Path | None:
+    """The training state ``pointer`` names, looked up by file name in ``states_dir`` (so that a moved experiment
+    folder still resolves), or None when the pointer is missing, unreadable or names no ``<iter>.state``."""
+    try:
+        text = Path(pointer).read_text(encoding='utf-8').strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    name = Path(text).name if text else ''
+    return Path(states_dir) / name if _STATE_NAME.fullmatch(name) else None
 
 
 def load_file(path: str | os.PathLike) -> Any:
@@ -215,30 +251,51 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
 STATE_KEYS = ('iter', 'epoch', 'optimizers', 'schedulers', 'rng')
 
 
+def _load_complete(state_path: Path, it: int, models_dir: Path) -> tuple[dict, Path]:
+    """The training state of iteration ``it`` and its weights file, both checked to load; CheckpointError if not."""
+    weights = models_dir / f'net_g_{it}.pth'
+    state = load_file(state_path)
+    missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
+    if missing or state['iter'] != it:
+        raise CheckpointError(f'{state_path}: incomplete training state (missing {missing})')
+    load_file(weights)
+    return state, weights
+
+
 def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLike,
-                      skipped: list | None = None) -> tuple[dict, Path, Path] | None:
+                      skipped: list | None = None,
+                      pointer: str | os.PathLike | None = None) -> tuple[dict, Path, Path] | None:
     """The newest complete training state: ``(state, state_path, weights_path)``, or None.
 
-    Files that fail to load (a truncated write, a foreign file) or whose weights file is missing or unreadable
-    are skipped with a warning (and appended to ``skipped`` as ``(state_path, reason)``), and the next older
-    state is tried.
+    The state that ``pointer`` (``last_checkpoint``) names is taken when it is the newest state file and it loads
+    completely with its weights. Otherwise (no pointer, a stale one, or one naming a broken file) the states are
+    scanned from the newest: files that fail to load (a truncated write, a foreign file) or whose weights file is
+    missing or unreadable are skipped with a warning (and appended to ``skipped`` as ``(state_path, reason)``), and
+    the next older state is tried.
     """
     states_dir, models_dir = Path(states_dir), Path(models_dir)
     if not states_dir.is_dir():
         return None
     candidates = []
     for p in states_dir.glob('*.state'):
-        m = re.fullmatch(r'(\d+)\.state', p.name)
+        m = _STATE_NAME.fullmatch(p.name)
         if m:
             candidates.append((int(m.group(1)), p))
-    for it, p in sorted(candidates, reverse=True):
-        weights = models_dir / f'net_g_{it}.pth'
+    candidates.sort(reverse=True)
+    named = read_pointer(pointer, states_dir) if pointer is not None else None
+    if named is not None and candidates and named == candidates[0][1]:
         try:
-            state = load_file(p)
-            missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
-            if missing or state['iter'] != it:
-                raise CheckpointError(f'{p}: incomplete training state (missing {missing})')
-            load_file(weights)
+            state, weights = _load_complete(named, candidates[0][0], models_dir)
+            logger.info('Resuming from %s, named by %s', named, pointer)
+            return state, named, weights
+        except (CheckpointError, FileNotFoundError) as exc:  # the scan below skips it with a warning
+            logger.info('%s names %s, which cannot be resumed (%s): scanning %s', pointer, named, exc, states_dir)
+    elif pointer is not None and candidates:
+        logger.info('%s %s: scanning %s', pointer, 'names an older state' if named is not None and named.is_file()
+                    else 'is missing or names no training state', states_dir)
+    for it, p in candidates:
+        try:
+            state, weights = _load_complete(p, it, models_dir)
         except (CheckpointError, FileNotFoundError) as exc:
             logger.warning('Skipping training state %s: %s', p, exc)
             if skipped is not None:

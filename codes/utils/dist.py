@@ -8,8 +8,8 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-__all__ = ['init_dist_from_env', 'init_dist_from_options', 'get_dist_info', 'is_main_process', 'barrier',
-           'all_reduce_sum', 'broadcast_object', 'destroy_dist', 'local_rank', 'reduce_mean']
+__all__ = ['init_dist_from_env', 'init_dist_from_options', 'get_dist_info', 'barrier', 'all_reduce_sum',
+           'destroy_dist', 'local_rank', 'reduce_mean']
 
 
 def local_rank() -> int:
@@ -51,11 +51,6 @@ def get_dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main_process() -> bool:
-    """True on rank 0 (and in single-process runs)."""
-    return get_dist_info()[0] == 0
-
-
 def barrier() -> None:
     """Wait for all ranks (no-op outside a process group)."""
     if get_dist_info()[1] > 1:
@@ -67,15 +62,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if get_dist_info()[1] > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` from rank ``src`` on every rank."""
-    if get_dist_info()[1] <= 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def destroy_dist() -> None:

@@ -244,6 +244,7 @@ SCHEMA: dict[str, Any] = {
         'limit_train_batches': LIMIT,
         'divergence_guard': {'metric': Key(str | None, None), 'max_drop': Key(float, 3.0),
                              'lr_factor': Key(float, 0.5)},
+        'no_weight_decay': Key((None, 'named', 'named_and_1d'), None),  # codes.models.optim.weight_decay_groups
     },
     'val': {
         'val_freq': Key(int, 0, minimum=0),

@@ -204,7 +204,7 @@ def test_test_py_outputs_for_keys_with_folders_and_skips_the_training_set(tmp_pa
 def test_a_non_finite_loss_on_another_rank_skips_this_rank_too(tmp_path, sample_data, monkeypatch):
     """Under DDP every rank must skip the backward together (or DDP's gradient all-reduce would hang): the flag
     is summed over ranks. Here the other rank's NaN is simulated in the all-reduce."""
-    import codes.models.base_model as bm
+    import codes.utils.dist as dist_utils
     model, _ = _model(tmp_path, sample_data)
     model.feed_data(_batch(sample_data))
     calls = []
@@ -213,7 +213,7 @@ def test_a_non_finite_loss_on_another_rank_skips_this_rank_too(tmp_path, sample_
         calls.append(float(t.item()))
         return t.add_(1.0)
 
-    monkeypatch.setattr(bm.du, 'all_reduce_sum', other_rank_nan)
+    monkeypatch.setattr(dist_utils, 'all_reduce_sum', other_rank_nan)
     model.world_size = 2
     out = model.optimize_parameters(1)
     assert calls == [0.0] and out['skipped'] == 1.0 and model.nan_skips == 1  # finite here, skipped all the same
