@@ -24,13 +24,16 @@ import torch
 import torch.nn as nn
 
 from codes.archs.arch_util import IMPLS, DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights
-from codes.archs.burst_blocks import BurstHeadMixin, up2
+from codes.archs.burst_blocks import BurstHeadMixin, icnr_, up2
 from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, WindowAttention, shift_mask
 from codes.utils.registry import ARCH_REGISTRY
 
-__all__ = ['BSRT', 'FlowGuidedPCDAlign', 'BSRT_LEVELS']
+__all__ = ['BSRT', 'FlowGuidedPCDAlign', 'BSRT_LEVELS', 'UPSAMPLE_INITS']
 
 # Published hyper-parameters (``make_model`` in the original): embed_dim, depths (pre_layers first), num_heads.
+#: Initialisations of the pixel-shuffle convolutions (see ``BSRT(upsample_init=...)``).
+UPSAMPLE_INITS = ('default', 'icnr')
+
 BSRT_LEVELS: dict[str, dict] = {
     'S': dict(embed_dim=60, depths=(6, 6, 6, 6, 6), num_heads=6),
     'L': dict(embed_dim=180, depths=(6, 8, 8, 8, 8, 8, 8), num_heads=6),
@@ -128,15 +131,22 @@ class BSRT(BurstHeadMixin, nn.Module):
             operators); 'fast' runs the DCNs as ``grid_sample`` of the taps plus one matrix product and the
             attention through ``scaled_dot_product_attention``. Same weights, same function: outputs agree to float
             rounding (~1e-6 relative in fp32). 'auto' picks 'fast' on every device. See :meth:`set_impl`.
+        upsample_init: 'default' (the original's: PyTorch's default for every convolution) or 'icnr' (the
+            convolutions before each pixel shuffle start as ICNR, see :meth:`icnr_init_head`; a training choice,
+            weights and outputs of a loaded file are unaffected).
     """
 
     def __init__(self, level: str | None = 'S', embed_dim: int | None = None, depths: Sequence[int] | None = None,
                  num_heads: Sequence[int] | int | None = None, window_size: int = 8, mlp_ratio: float = 2.0,
                  burst_size: int = 14, num_feat: int = 64, deformable_groups: int = 8, drop_path_rate: float = 0.1,
-                 spynet_path: str | None = None, use_checkpoint: bool = False, impl: str = 'auto') -> None:
+                 spynet_path: str | None = None, use_checkpoint: bool = False, impl: str = 'auto',
+                 upsample_init: str = 'default') -> None:
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"option 'impl': expected one of {', '.join(IMPLS)}, got {impl!r}")
+        if upsample_init not in UPSAMPLE_INITS:
+            raise ValueError(f"option 'upsample_init': expected one of {', '.join(UPSAMPLE_INITS)}, "
+                             f'got {upsample_init!r}')
         embed_dim, depths, heads = self._resolve_hparams(level, embed_dim, depths, num_heads)
         self._validate(embed_dim, depths, heads, window_size, mlp_ratio, burst_size, num_feat, deformable_groups,
                        drop_path_rate)
@@ -193,6 +203,9 @@ class BSRT(BurstHeadMixin, nn.Module):
         self.lrelu = nn.LeakyReLU(0.1)
 
         self.apply(self._init_weights)
+        if upsample_init == 'icnr':
+            self.icnr_init_head()
+            icnr_(self.conv_after_pre_layer, 2)  # followed by mid_ps
         self.set_impl(impl)
         if spynet_path is not None:
             if not Path(spynet_path).is_file():

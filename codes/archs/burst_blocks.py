@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from codes.archs.arch_util import DCNSep
 
-__all__ = ['up2', 'WNConv2d', 'WideActResBlock', 'LRSCWideActResBlock', 'LRSCWideActResGroup', 'BoundedDCNSep',
+__all__ = ['up2', 'icnr_', 'WNConv2d', 'WideActResBlock', 'LRSCWideActResBlock', 'LRSCWideActResGroup', 'BoundedDCNSep',
            'PCDAlign', 'BurstHeadMixin']
 
 Act = Callable[[torch.Tensor], torch.Tensor]
@@ -217,6 +217,19 @@ class PCDAlign(nn.Module):
         return act(self.cas_dcnpack(f1, oc))
 
 
+def icnr_(conv: nn.Conv2d, scale: int) -> None:
+    """Make ``conv``'s output channels equal in groups of ``scale``² (ICNR), as ``F.pixel_shuffle(·, scale)`` groups
+    them: one sub-kernel per shuffled channel, drawn with PyTorch's default convolution initialisation."""
+    out_channels = conv.out_channels
+    if out_channels % (scale * scale):
+        raise ValueError(f'ICNR: {out_channels} output channels are not a multiple of {scale}²')
+    sub = nn.Conv2d(conv.in_channels, out_channels // (scale * scale), conv.kernel_size, bias=conv.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(sub.weight.repeat_interleave(scale * scale, dim=0))
+        if conv.bias is not None:
+            conv.bias.copy_(sub.bias.repeat_interleave(scale * scale, dim=0))
+
+
 # ----------------------------------------------------------------------------------------------------- FPN + head
 class BurstHeadMixin:
     """FPN and ×4 skip/upsampling head of BSRT and EBSR, on convs the network registers at its top level.
@@ -226,6 +239,19 @@ class BurstHeadMixin:
     and ``upconv1`` (→4F), ``upconv2`` (F→4F'), ``HRconv`` (F'→F'), ``conv_last`` (F'→3), ``skipup1`` (1→4F),
     ``skipup2`` (F→12), with F' = 64 in both; ``act`` is its activation (LeakyReLU(0.1) in BSRT, ReLU in EBSR).
     """
+
+    #: The convolutions each followed by a ×2 pixel shuffle in the head.
+    SHUFFLED_CONVS = ('upconv1', 'upconv2', 'skipup1', 'skipup2')
+
+    def icnr_init_head(self) -> None:
+        """ICNR initialisation of the convolutions before every pixel shuffle of the head.
+
+        Aitken et al., "Checkerboard artifact free sub-pixel convolution", arXiv:1707.02937 (2017): the r² output
+        channels that one pixel shuffle interleaves into an r×r block start equal, so the untrained head upsamples
+        like nearest neighbour instead of printing a fixed period-r pattern that training must first unlearn.
+        """
+        for name in self.SHUFFLED_CONVS:
+            icnr_(getattr(self, name), 2)
 
     def feature_pyramid(self, l1: torch.Tensor, act: Act) -> list[torch.Tensor]:
         """(n, F, H, W) -> [L1, L2, L3] with F channels at H, H/2, H/4 (top-down FPN, bilinear ×2)."""

@@ -131,6 +131,24 @@ def test_build_network_tiny() -> None:
     assert opt['type'] == 'BSRT'
 
 
+def test_icnr_upsample_init() -> None:
+    """upsample_init='icnr': every pixel shuffle of the untrained head gives equal 2x2 blocks (no checkerboard);
+    the default keeps PyTorch's initialisation (blocks differ), and the state_dict keys are the same."""
+    torch.manual_seed(0)
+    icnr = BSRT(**TINY, upsample_init='icnr')
+    plain = BSRT(**TINY)
+    for name in ('upconv1', 'upconv2', 'skipup1', 'skipup2', 'conv_after_pre_layer'):
+        conv = getattr(icnr, name)
+        y = F.pixel_shuffle(conv(torch.rand(1, conv.in_channels, 6, 6)), 2)
+        for dy, dx in ((0, 1), (1, 0), (1, 1)):
+            assert torch.equal(y[..., 0::2, 0::2], y[..., dy::2, dx::2]), name
+    y = F.pixel_shuffle(plain.upconv2(torch.rand(1, plain.upconv2.in_channels, 6, 6)), 2)
+    assert not torch.allclose(y[..., 0::2, 0::2], y[..., 1::2, 1::2])
+    assert list(icnr.state_dict()) == list(plain.state_dict())
+    with pytest.raises(ValueError, match="'upsample_init'"):
+        BSRT(**TINY, upsample_init='zeros')
+
+
 # ----------------------------------------------------------------------------------------------------- DCN
 def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """out[..., y, x] = x[..., y + dy, x + dx], zero outside."""
