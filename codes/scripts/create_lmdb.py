@@ -16,7 +16,7 @@ Formats (keys are paths relative to the input folder without the extension, ``/`
 
 Values are the arrays ``cv2.imread(IMREAD_UNCHANGED)`` returns (uint16 RAW and uint8 sRGB kept as they are), raw by
 default or as PNG bytes with ``--compress-level``; ``meta_info.pkl`` files are stored byte for byte. The
-database also holds a format record and per-key records (see ``codes/data/io_backend.py``); ``meta_info.txt``
+database also holds a format record and per-key records (see ``codes/data/io_backend/format.py``); ``meta_info.txt``
 lists key, shape, compression, dtype and CRC-32. ``map_size`` is estimated from the data and doubled whenever LMDB
 reports ``MDB_MAP_FULL``; values are committed in batches, so an interrupted build keeps what it committed and
 ``--resume`` skips it. An existing database is never touched without ``--resume`` or ``--overwrite``.
