@@ -185,7 +185,7 @@ class BurstSRDataset(Dataset):
         random_frame_order: draw frames 1..13 at random on each access (see above).
         exclude: crop names to skip; None skips ``KNOWN_BAD_CROPS`` (the four flat-GT training crops).
         seed: fixed base seed (see Randomness).
-        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (``codes/data/io_backend.py``):
+        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (``codes/data/io_backend/``):
             ``dataroot`` is then a ``burstsr`` LMDB (``create_lmdb --format burstsr``, built from the folder
             holding ``train/``/``val/`` or from one split's folder), and an item's frames, pickles and Canon image
             are read in one transaction.

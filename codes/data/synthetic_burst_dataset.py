@@ -106,7 +106,7 @@ class SyntheticBurstDataset(Dataset):
         warp_backend: 'auto', 'opencv' or 'fixed_point' (see ``codes.data.burst_synthesis.warp_affine``).
         seed: fixed base seed (see Randomness); None draws from the global generators.
         dataset_enlarge_ratio: ``len`` is the image count times this (one random crop per item).
-        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (see ``codes/data/io_backend.py``):
+        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (see ``codes/data/io_backend/``):
             ``dataroot`` is then an ``images`` LMDB (``create_lmdb --format images``; or ``dataroot.lmdb`` beside
             it) holding the same relative paths, from which the same images are selected; the decoded pixels are
             those ``cv2.imread`` gives, so an item is the same burst from either backend.
@@ -236,7 +236,7 @@ class SyntheticBurstValDataset(Dataset):
             (``create_lmdb --format synburst_val``), whose keys are the relative paths above without extension;
             a burst's frames, GT and meta are then read in one transaction.
         burst_size: use the first ``burst_size`` frames (frame 0 is the reference).
-        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (see ``codes/data/io_backend.py``).
+        io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (see ``codes/data/io_backend/``).
     """
 
     def __init__(self, dataroot: str, burst_size: int = 14, io_backend: dict | None = None) -> None:

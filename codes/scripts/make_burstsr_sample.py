@@ -114,8 +114,6 @@ def _write_png16(path: Path, array: Any) -> None:
 
 def _write_crop(folder: Path, photo: Any, crop_size: int, rng: random.Random, flat: bool = False) -> None:
     """One crop: 14 Samsung frames + meta and the misaligned, colour-changed, re-exposed Canon image + meta."""
-    import cv2
-    import numpy as np
     import torch
 
     from codes.data.burst_synthesis import random_crop, rgb_to_raw_burst
@@ -125,14 +123,23 @@ def _write_crop(folder: Path, photo: Any, crop_size: int, rng: random.Random, fl
     crop = random_crop(photo, hr + 2 * border, rng)
     sample = rgb_to_raw_burst(crop, NUM_FRAMES, rng, generator, downsample_factor=4, max_translation=16.0,
                               max_rotation=0.5, border_crop=border, warp_backend='opencv')
-    # Samsung frames: 10-bit counts above a per-channel black level
-    black_s = np.array([62, 63, 65, 66], dtype=np.float64)
     settings = _camera_settings(rng)
     cam_wb = [round(rng.uniform(1.6, 2.2), 4), 1.0, round(rng.uniform(1.3, 1.9), 4)]
+    _write_samsung_frames(folder, sample.burst, settings, cam_wb, crop_size)
+    _write_canon(folder, sample.gt, settings, hr, rng, flat)
+
+
+def _write_samsung_frames(folder: Path, burst: Any, settings: dict[str, Any], cam_wb: list[float],
+                          crop_size: int) -> None:
+    """``samsung_XX/im_raw.png`` (10-bit counts above a per-channel black level) and ``meta_info.pkl`` for each
+    frame of ``burst`` (N, 4, h, w) linear RGGB."""
+    import numpy as np
+
+    black_s = np.array([62, 63, 65, 66], dtype=np.float64)
     daylight_wb = [2.0, 1.0, 1.55]
     color_matrix = np.array([[1.65, -0.55, -0.1], [-0.2, 1.45, -0.25], [0.02, -0.6, 1.58]], dtype=np.float32)
     ts, fs, iso_s = settings['samsung']
-    for i, frame in enumerate(sample.burst):
+    for i, frame in enumerate(burst):
         counts = np.clip(np.round(frame.permute(1, 2, 0).numpy() * SAMSUNG_WHITE + black_s), 0, 1023)
         frame_dir = folder / f'samsung_{i:02d}'
         _write_png16(frame_dir / 'im_raw.png', counts.astype(np.uint16))
@@ -150,8 +157,15 @@ def _write_crop(folder: Path, photo: Any, crop_size: int, rng: random.Random, fl
             'im_preview': preview,
         }
         dump_exif_pickle(meta, frame_dir / 'meta_info.pkl')
-    # Canon: the same scene through another camera (sub-pixel shift, 3x3 colour mix, other exposure)
-    gt = sample.gt.permute(1, 2, 0).numpy() * (SAMSUNG_WHITE / 1023.0)
+
+
+def _write_canon(folder: Path, gt: Any, settings: dict[str, Any], hr: int, rng: random.Random, flat: bool) -> None:
+    """``canon/im_raw.png`` and ``meta_info.pkl``: the scene ``gt`` (3, hr, hr) linear RGB through another camera
+    (sub-pixel shift, 3x3 colour mix, other exposure; one flat grey if ``flat``)."""
+    import cv2
+    import numpy as np
+
+    gt = gt.permute(1, 2, 0).numpy() * (SAMSUNG_WHITE / 1023.0)
     dx, dy = rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5)
     shifted = cv2.warpAffine(gt.astype(np.float32), np.float32([[1, 0, dx], [0, 1, dy]]), (hr, hr),
                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

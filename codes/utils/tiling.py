@@ -128,12 +128,10 @@ def tiled_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, s
         progress.reset(total=len(rows) * len(cols))
     out = weight = None
     for i, r in enumerate(rows):
-        top = rows[i - 1] + th - r if i > 0 else 0
-        bottom = r + th - rows[i + 1] if i + 1 < len(rows) else 0
+        top, bottom = _overlaps(rows, i, th)
         wy = ramp_weights(scale * th, scale * top, scale * bottom)
         for j, c in enumerate(cols):
-            left = cols[j - 1] + tw - c if j > 0 else 0
-            right = c + tw - cols[j + 1] if j + 1 < len(cols) else 0
+            left, right = _overlaps(cols, j, tw)
             wx = ramp_weights(scale * tw, scale * left, scale * right)
             with torch.no_grad():
                 y = fn(padded[..., r:r + th, c:c + tw]).float().cpu()
@@ -167,66 +165,95 @@ def tiled_forward_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     if tile:
         tile, overlap = round_tile(tile, overlap, multiple, min_size)
     if not tile or (ph <= tile and pw <= tile):
-        if progress is not None:
-            progress.reset(total=1)
-        with torch.no_grad():
-            out = fn(padded).float().cpu()
-        if out.shape[0] != 1:
-            raise ValueError(f'tiled_forward_rows: the network returned a batch of {out.shape[0]}, expected 1')
-        if progress is not None:
-            progress.update(1)
-        out = out[0, :, :out_h, :out_w]
-        for r0 in range(0, out_h, max_rows):
-            yield r0, out[:, r0:r0 + max_rows]
+        yield from _untiled_rows(fn, padded, out_h, out_w, progress, max_rows)
         return
     rows, cols = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
     th, tw = min(tile, ph), min(tile, pw)
-    band_h = scale * th
     if progress is not None:
         progress.reset(total=len(rows) * len(cols))
-    acc = weight = None
-    base = 0  # output row of acc[:, 0]
-
-    def finished(upto: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """Rows [base, upto) of the accumulators, normalised and cropped, in bands of ``max_rows``."""
-        for a in range(0, min(upto, out_h) - base, max_rows):
-            b = min(a + max_rows, min(upto, out_h) - base)
-            yield base + a, acc[:, a:b, :out_w] / weight[:, a:b, :out_w]
-
+    band: _TileRowBand | None = None
     for i, r in enumerate(rows):
-        if acc is not None:
-            done = scale * r - base  # rows above this tile row's top are final
-            yield from finished(base + done)
-            keep = band_h - done
-            for k in range(0, keep, done):  # shift up in non-overlapping chunks (no band-sized copy)
-                n = min(done, keep - k)
-                acc[:, k:k + n] = acc[:, done + k:done + k + n]
-                weight[:, k:k + n] = weight[:, done + k:done + k + n]
-            acc[:, keep:] = 0
-            weight[:, keep:] = 0
-            base = scale * r
-        top = rows[i - 1] + th - r if i > 0 else 0
-        bottom = r + th - rows[i + 1] if i + 1 < len(rows) else 0
+        if band is not None:
+            yield from band.advance(scale * r)  # rows above this tile row's top are final
+        top, bottom = _overlaps(rows, i, th)
         wy = ramp_weights(scale * th, scale * top, scale * bottom)
         for j, c in enumerate(cols):
-            left = cols[j - 1] + tw - c if j > 0 else 0
-            right = c + tw - cols[j + 1] if j + 1 < len(cols) else 0
+            left, right = _overlaps(cols, j, tw)
             wx = ramp_weights(scale * tw, scale * left, scale * right)
-            with torch.no_grad():
-                y = fn(padded[..., r:r + th, c:c + tw]).float().cpu()
-            if y.shape[0] != 1:
-                raise ValueError(f'tiled_forward_rows: the network returned a batch of {y.shape[0]}, expected 1')
-            if acc is None:
-                acc = torch.zeros(y.shape[1], band_h, scale * pw)
-                weight = torch.zeros(1, band_h, scale * pw)
-            wt = (wy[:, None] * wx[None, :])[None]
-            xs = slice(scale * c, scale * (c + tw))
-            acc[:, :, xs] += y[0] * wt
-            weight[:, :, xs] += wt
+            y = _forward_batch_of_one(fn, padded[..., r:r + th, c:c + tw])
+            if band is None:
+                band = _TileRowBand(y.shape[1], scale * th, scale * pw, out_h, out_w, max_rows)
+            band.add(y[0], (wy[:, None] * wx[None, :])[None], slice(scale * c, scale * (c + tw)))
             del y
             if progress is not None:
                 progress.update(1)
-    yield from finished(base + band_h)
+    yield from band.finished(band.base + band.height)
+
+
+def _overlaps(starts: list[int], i: int, size: int) -> tuple[int, int]:
+    """How much tile ``i`` (of side ``size``, at ``starts[i]``) overlaps the previous and the next tile on one axis
+    (0 at the borders)."""
+    before = starts[i - 1] + size - starts[i] if i > 0 else 0
+    after = starts[i] + size - starts[i + 1] if i + 1 < len(starts) else 0
+    return before, after
+
+
+def _forward_batch_of_one(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` under no_grad as float32 on the CPU; ``ValueError`` unless its batch size is 1."""
+    with torch.no_grad():
+        y = fn(x).float().cpu()
+    if y.shape[0] != 1:
+        raise ValueError(f'tiled_forward_rows: the network returned a batch of {y.shape[0]}, expected 1')
+    return y
+
+
+def _untiled_rows(fn: Callable[[torch.Tensor], torch.Tensor], padded: torch.Tensor, out_h: int, out_w: int,
+                  progress: Any, max_rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """One pass over the whole padded input, cropped to (out_h, out_w) and yielded in bands of ``max_rows``."""
+    if progress is not None:
+        progress.reset(total=1)
+    out = _forward_batch_of_one(fn, padded)
+    if progress is not None:
+        progress.update(1)
+    out = out[0, :, :out_h, :out_w]
+    for r0 in range(0, out_h, max_rows):
+        yield r0, out[:, r0:r0 + max_rows]
+
+
+class _TileRowBand:
+    """The accumulators of one row of tiles: weighted sums (C, height, width) and weights (1, height, width) of the
+    output rows from ``base``; :meth:`advance` hands out the finished rows and slides the band down."""
+
+    def __init__(self, channels: int, height: int, width: int, out_h: int, out_w: int, max_rows: int) -> None:
+        self.acc = torch.zeros(channels, height, width)
+        self.weight = torch.zeros(1, height, width)
+        self.height, self.out_h, self.out_w, self.max_rows = height, out_h, out_w, max_rows
+        self.base = 0  # output row of acc[:, 0]
+
+    def add(self, y: torch.Tensor, wt: torch.Tensor, xs: slice) -> None:
+        """Accumulate one tile's output ``y`` (C, height, tile width) with weights ``wt`` at columns ``xs``."""
+        self.acc[:, :, xs] += y * wt
+        self.weight[:, :, xs] += wt
+
+    def finished(self, upto: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Rows [base, upto) of the accumulators, normalised and cropped, in bands of ``max_rows``."""
+        end = min(upto, self.out_h) - self.base
+        for a in range(0, end, self.max_rows):
+            b = min(a + self.max_rows, end)
+            yield self.base + a, self.acc[:, a:b, :self.out_w] / self.weight[:, a:b, :self.out_w]
+
+    def advance(self, new_base: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield rows [base, new_base), then shift the rest of the band up so that it starts at ``new_base``."""
+        done = new_base - self.base
+        yield from self.finished(new_base)
+        keep = self.height - done
+        for k in range(0, keep, done):  # shift up in non-overlapping chunks (no band-sized copy)
+            n = min(done, keep - k)
+            self.acc[:, k:k + n] = self.acc[:, done + k:done + k + n]
+            self.weight[:, k:k + n] = self.weight[:, done + k:done + k + n]
+        self.acc[:, keep:] = 0
+        self.weight[:, keep:] = 0
+        self.base = new_base
 
 
 # ----------------------------------------------------------------------------------------------- memory
