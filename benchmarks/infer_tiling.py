@@ -31,14 +31,14 @@ import torch  # noqa: E402
 def _child(args: argparse.Namespace) -> None:
     """One configuration: build, run once, print a JSON line (and save the output for the comparison)."""
     from codes.archs import build_network
-    from codes.infer import _network_call, resolve_device
+    from codes.infer import network_call, resolve_device
     from codes.utils.tiling import tiled_forward
     device = resolve_device(args.device)
     torch.manual_seed(0)
     net = build_network({'type': 'BSRT', 'level': args.level, 'burst_size': args.burst,
                          'drop_path_rate': 0.0}).to(device).eval()
     x = torch.rand(1, args.burst, 4, args.size, args.size, generator=torch.Generator().manual_seed(1))
-    call = _network_call(net, device, args.precision)
+    call = network_call(net, device, args.precision)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()

@@ -75,73 +75,101 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
     if tp is Any or tp is inspect.Parameter.empty:
         return value
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce_value(value, arg, where)
-            except OptionError as exc:
-                errors.append((arg, exc))
-        plain = [exc for arg, exc in errors if arg in (bool, int, float, str)]
-        if len(errors) == 1 or len(plain) == 1:  # Optional[X], float | Tensor: X's own message is the most precise
-            raise (plain or [errors[0][1]])[0]
-        raise OptionError(where, f'expected {_type_name(tp)}, got {value!r} ({type(value).__name__})')
+        return _coerce_union(value, tp, where)
     if origin in (list, tuple, collections.abc.Sequence):
-        if not isinstance(value, (list, tuple)):
-            raise OptionError(where, f'expected a list, got {value!r} ({type(value).__name__})')
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise OptionError(where, f'expected {len(args)} values, got {len(value)}')
-            return tuple(coerce_value(v, a, f'{where}[{i}]') for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        out = [coerce_value(v, item, f'{where}[{i}]') for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
+        return _coerce_sequence(value, tp, where)
     if origin in (dict, collections.abc.Mapping):
         if not isinstance(value, Mapping):
             raise OptionError(where, f'expected a mapping, got {value!r}')
         return dict(value)
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in args:
-            raise OptionError(where, f'expected one of {list(args)}, got {value!r}')
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise OptionError(where, f'expected one of {list(typing.get_args(tp))}, got {value!r}')
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise OptionError(where, f'expected true or false, got {value!r}')
-    if tp is float:
-        if isinstance(value, bool):
-            raise OptionError(where, f'expected a number, got {value!r}')
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise OptionError(where, f'expected a number, got {value!r} ({type(value).__name__})')
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-                if f.is_integer():
-                    return int(f)
-            except ValueError:
-                pass
-        raise OptionError(where, f'expected an integer, got {value!r} ({type(value).__name__})')
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise OptionError(where, f'expected a string, got {value!r} ({type(value).__name__})')
+    scalar = _SCALARS.get(tp) if isinstance(tp, type) else None
+    if scalar is not None:
+        return scalar(value, where)
     if isinstance(tp, type) and not isinstance(value, tp):
         raise OptionError(where, f'expected {_type_name(tp)}, got {value!r} ({type(value).__name__})')
     return value
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    """The first member of the union ``tp`` that ``value`` converts to; else the most precise message."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return coerce_value(value, arg, where)
+        except OptionError as exc:
+            errors.append((arg, exc))
+    plain = [exc for arg, exc in errors if arg in (bool, int, float, str)]
+    if len(errors) == 1 or len(plain) == 1:  # Optional[X], float | Tensor: X's own message is the most precise
+        raise (plain or [errors[0][1]])[0]
+    raise OptionError(where, f'expected {_type_name(tp)}, got {value!r} ({type(value).__name__})')
+
+
+def _coerce_sequence(value: Any, tp: Any, where: str) -> list | tuple:
+    """A list or tuple hint: each item converted (a fixed-length tuple checks its length and each position)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise OptionError(where, f'expected a list, got {value!r} ({type(value).__name__})')
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise OptionError(where, f'expected {len(args)} values, got {len(value)}')
+        return tuple(coerce_value(v, a, f'{where}[{i}]') for i, (v, a) in enumerate(zip(value, args)))
+    item = args[0] if args else Any
+    out = [coerce_value(v, item, f'{where}[{i}]') for i, v in enumerate(value)]
+    return tuple(out) if origin is tuple else out
+
+
+def _coerce_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise OptionError(where, f'expected true or false, got {value!r}')
+
+
+def _coerce_float(value: Any, where: str) -> float:
+    """A number (not a bool) or a numeric string such as ``'1e-4'`` (YAML 1.1 reads it as a string)."""
+    if isinstance(value, bool):
+        raise OptionError(where, f'expected a number, got {value!r}')
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise OptionError(where, f'expected a number, got {value!r} ({type(value).__name__})')
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    """An int (not a bool), or a float or numeric string with an integral value."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            f = float(value)
+            if f.is_integer():
+                return int(f)
+        except ValueError:
+            pass
+    raise OptionError(where, f'expected an integer, got {value!r} ({type(value).__name__})')
+
+
+def _coerce_str(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise OptionError(where, f'expected a string, got {value!r} ({type(value).__name__})')
+
+
+#: The conversion of each plain hinted type.
+_SCALARS = {bool: _coerce_bool, float: _coerce_float, int: _coerce_int, str: _coerce_str}
 
 
 def check_kwargs(fn: Any, kwargs: Mapping[str, Any], where: str, supplied: tuple[str, ...] = ()) -> dict[str, Any]:

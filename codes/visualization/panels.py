@@ -207,14 +207,40 @@ def comparison_panel(views: Sequence[View], gt: View | None = None, *, crop: tup
     if not views:
         raise ValueError('a panel needs at least one view')
     shown = list(views) + ([gt] if gt is not None else [])
+    h, w = _check_views(shown)
+    size = int(crop_size or max(8, min(h, w) // 4))
+    size = max(1, min(size, h, w))
+    err = _abs_error(views[-1].array(), gt.array()) if gt is not None else None
+    top, left = _place_crop(views, err, crop, size, border, (h, w))
+    scale = max(1, math.ceil(MIN_TILE_WIDTH / w))  # small images are shown enlarged so their labels fit
+    zoom = max(2, (w * scale) // size)
+    row1 = [_full_tile(v, gt, (top, left, size), scale) for v in shown]
+    row2 = [_crop_tile(v, gt, (top, left, size), zoom) for v in shown]
+    if gt is not None:
+        emap, emax = _heat_map(err)
+        row1.append(('error', [f'|{views[-1].name} - ground truth|', f'white = {emax:.3g}'], _enlarge(emap, scale)))
+    rows = [row1, row2]
+    if extra:
+        rows.append([(name, [name], img) for name, img in extra])
+    image, tiles = _grid(rows)
+    return Panel(image, tiles, (top, left, size), zoom, scale)
+
+
+def _check_views(shown: Sequence[View]) -> tuple[int, int]:
+    """The (h, w) every view shares; a view of another size or not (h, w, 3) uint8 is a ``ValueError``."""
     h, w = shown[0].srgb.shape[:2]
     for v in shown:
         if v.srgb.shape[:2] != (h, w) or v.srgb.dtype != np.uint8 or v.srgb.ndim != 3:
             raise ValueError(f'view {v.name!r}: expected a ({h}, {w}, 3) uint8 image, got {v.srgb.shape} '
                              f'{v.srgb.dtype}')
-    size = int(crop_size or max(8, min(h, w) // 4))
-    size = max(1, min(size, h, w))
-    err = _abs_error(views[-1].array(), gt.array()) if gt is not None else None
+    return h, w
+
+
+def _place_crop(views: Sequence[View], err: np.ndarray | None, crop: tuple[int, int] | None, size: int,
+                border: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of the crop: the given one (checked to fit), else where the error (or, without a ground truth,
+    the difference of the last two views) is largest, else the centre."""
+    h, w = shape
     if crop is None:
         diff = err if err is not None else (_abs_error(views[-1].array(), views[-2].array()) if len(views) >= 2
                                             else None)
@@ -222,41 +248,42 @@ def comparison_panel(views: Sequence[View], gt: View | None = None, *, crop: tup
     top, left = int(crop[0]), int(crop[1])
     if not (0 <= top <= h - size and 0 <= left <= w - size):
         raise ValueError(f'crop ({top}, {left}) of size {size} does not fit a {h}x{w} image')
-    scale = max(1, math.ceil(MIN_TILE_WIDTH / w))  # small images are shown enlarged so their labels fit
-    zoom = max(2, (w * scale) // size)
-    enlarge = '' if scale == 1 else f' (shown x{scale})'
+    return top, left
+
+
+def _enlarge(img: np.ndarray, scale: int) -> np.ndarray:
+    return img if scale == 1 else np.kron(img, np.ones((scale, scale, 1), np.uint8))
+
+
+def _full_tile(v: View, gt: View | None, box: tuple[int, int, int], scale: int) -> tuple[str, list[str], np.ndarray]:
+    """The first-row tile of ``v``: the whole image (enlarged ``scale`` times) with the crop's box, its name and its
+    metric (the ground truth: its size)."""
+    top, left, size = box
+    h, w = v.srgb.shape[:2]
+    img = np.array(_enlarge(v.srgb, scale), order='C')  # a copy: the box must not be drawn into the caller's image
+    y0, x0 = top * scale, left * scale
     thick = max(1, (w * scale) // 256)
+    cv2.rectangle(img, (x0, y0), (x0 + size * scale - 1, y0 + size * scale - 1), CROP_COLOR, thick)
+    label = [v.name + ('' if scale == 1 else f' (shown x{scale})')]
+    if v is not gt:
+        label.append(_fmt(v.value, v.metric) or ('no ground truth' if gt is None else ''))
+    else:
+        label.append(f'{w}x{h}')
+    return v.name, label, img
 
-    def big(img: np.ndarray) -> np.ndarray:
-        return img if scale == 1 else np.kron(img, np.ones((scale, scale, 1), np.uint8))
 
-    row1, row2 = [], []
-    for v in shown:
-        img = np.array(big(v.srgb), order='C')  # a copy: the box must not be drawn into the caller's image
-        y0, x0 = top * scale, left * scale
-        cv2.rectangle(img, (x0, y0), (x0 + size * scale - 1, y0 + size * scale - 1), CROP_COLOR, thick)
-        label = [v.name + enlarge]
-        if v is not gt:
-            label.append(_fmt(v.value, v.metric) or ('no ground truth' if gt is None else ''))
-        else:
-            label.append(f'{w}x{h}')
-        row1.append((v.name, label, img))
-        patch = v.srgb[top:top + size, left:left + size]
-        crop_lines = [f'{v.name} crop x{zoom}']
-        if gt is not None and v is not gt:
-            ref = gt.array()[top:top + size, left:left + size]
-            crop_lines.append(_fmt(crop_psnr(v.array()[top:top + size, left:left + size], ref), 'PSNR crop'))
-        elif v is gt:
-            crop_lines.append(f'({left}, {top}) {size}x{size} px')
-        row2.append((f'{v.name} crop', crop_lines, np.kron(patch, np.ones((zoom, zoom, 1), np.uint8))))
-    if gt is not None:
-        emap, emax = _heat_map(err)
-        row1.append(('error', [f'|{views[-1].name} - ground truth|', f'white = {emax:.3g}'], big(emap)))
-    rows = [row1, row2]
-    if extra:
-        rows.append([(name, [name], img) for name, img in extra])
-    image, tiles = _grid(rows)
-    return Panel(image, tiles, (top, left, size), zoom, scale)
+def _crop_tile(v: View, gt: View | None, box: tuple[int, int, int], zoom: int) -> tuple[str, list[str], np.ndarray]:
+    """The second-row tile of ``v``: the crop enlarged ``zoom`` times, with its PSNR against the ground truth (the
+    ground truth: the crop's place and size)."""
+    top, left, size = box
+    patch = v.srgb[top:top + size, left:left + size]
+    crop_lines = [f'{v.name} crop x{zoom}']
+    if gt is not None and v is not gt:
+        ref = gt.array()[top:top + size, left:left + size]
+        crop_lines.append(_fmt(crop_psnr(v.array()[top:top + size, left:left + size], ref), 'PSNR crop'))
+    elif v is gt:
+        crop_lines.append(f'({left}, {top}) {size}x{size} px')
+    return f'{v.name} crop', crop_lines, np.kron(patch, np.ones((zoom, zoom, 1), np.uint8))
 
 
 def write_rgb(path: str | os.PathLike, image: np.ndarray) -> None:

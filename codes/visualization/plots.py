@@ -91,35 +91,14 @@ def plot_metrics(exp_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     panels = [('metric', m) for m in metrics] + ([('losses', None)] if losses else []) + \
              ([('lr', None)] if has_lr else [])
     fig, axes = _figure(len(panels))
-    colors = [f'C{i}' for i in range(10)]
     psnr_axis = next((m for m in metrics if 'psnr' in m.lower()), metrics[0] if metrics else None)
     for ax, (kind, name) in zip(axes, panels):
         if kind == 'metric':
-            for i, ds in enumerate(datasets):
-                recs = sorted((r for r in val if str(r.get('dataset', 'val')) == ds), key=lambda r: r['iter'])
-                pts = [(r['iter'], r[name]) for r in recs if _finite(r.get(name))]
-                if pts:
-                    ax.plot(*zip(*pts), marker='o', ms=3, color=colors[i % 10], label=ds)
-                if name == psnr_axis:
-                    for b in baselines:
-                        bp = [(r['iter'], r[b]) for r in recs if _finite(r.get(b))]
-                        if bp:
-                            ax.plot(*zip(*bp), ls='--', color=colors[i % 10], alpha=0.8, label=f'{ds} {b}')
-            ax.set_title(f'validation {name}')
-            ax.set_ylabel(name)
+            _plot_metric(ax, name, val, datasets, baselines if name == psnr_axis else [])
         elif kind == 'losses':
-            for i, k in enumerate(losses):
-                pts = [(r['iter'], r[k]) for r in train if _finite(r.get(k))]
-                ax.plot(*zip(*pts), lw=1, color=colors[i % 10], label=k)
-            if all(r[k] > 0 for r in train for k in losses if _finite(r.get(k))):
-                ax.set_yscale('log')
-            ax.set_title('training losses')
+            _plot_losses(ax, train, losses)
         else:
-            pts = [(r['iter'], r['lr']) for r in train if _finite(r.get('lr'))]
-            ax.plot(*zip(*pts), lw=1, color='C0')
-            if all(v > 0 for _, v in pts):
-                ax.set_yscale('log')
-            ax.set_title('learning rate')
+            _plot_lr(ax, train)
         ax.set_xlabel('iteration')
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -129,6 +108,43 @@ def plot_metrics(exp_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+_COLORS = [f'C{i}' for i in range(10)]
+
+
+def _plot_metric(ax: Any, name: str, val: list[dict], datasets: list[str], baselines: list[str]) -> None:
+    """One validation metric: a line per dataset, and dashed the ``baselines`` of each dataset in its colour."""
+    for i, ds in enumerate(datasets):
+        recs = sorted((r for r in val if str(r.get('dataset', 'val')) == ds), key=lambda r: r['iter'])
+        pts = [(r['iter'], r[name]) for r in recs if _finite(r.get(name))]
+        if pts:
+            ax.plot(*zip(*pts), marker='o', ms=3, color=_COLORS[i % 10], label=ds)
+        for b in baselines:
+            bp = [(r['iter'], r[b]) for r in recs if _finite(r.get(b))]
+            if bp:
+                ax.plot(*zip(*bp), ls='--', color=_COLORS[i % 10], alpha=0.8, label=f'{ds} {b}')
+    ax.set_title(f'validation {name}')
+    ax.set_ylabel(name)
+
+
+def _plot_losses(ax: Any, train: list[dict], losses: list[str]) -> None:
+    """The training losses (log scale when all are positive)."""
+    for i, k in enumerate(losses):
+        pts = [(r['iter'], r[k]) for r in train if _finite(r.get(k))]
+        ax.plot(*zip(*pts), lw=1, color=_COLORS[i % 10], label=k)
+    if all(r[k] > 0 for r in train for k in losses if _finite(r.get(k))):
+        ax.set_yscale('log')
+    ax.set_title('training losses')
+
+
+def _plot_lr(ax: Any, train: list[dict]) -> None:
+    """The learning rate (log scale when it stays positive)."""
+    pts = [(r['iter'], r['lr']) for r in train if _finite(r.get('lr'))]
+    ax.plot(*zip(*pts), lw=1, color='C0')
+    if all(v > 0 for _, v in pts):
+        ax.set_yscale('log')
+    ax.set_title('learning rate')
 
 
 def plot_study(study: Any, out_dir: str | os.PathLike) -> list[Path]:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
 import cv2
@@ -157,31 +157,54 @@ def write_comparison(dir_a: str | os.PathLike, dir_b: str | os.PathLike, out: st
         raise ReportError(f'{dir_a} and {dir_b} have no image key in common; are they results on the same dataset?')
     names_a, names_b = _metric_names(rec_a['per_image']), _metric_names(rec_b['per_image'])
     shared = [n for n in names_a if n in names_b]
-    columns, rows = [], []
+    thumbs = page_dir / f'{out.stem}_thumbs'
+    rows = [_comparison_row(ra, by_b[str(ra['key'])], dir_a, dir_b, shared, thumbs, page_dir) for ra in common]
+    summary = _comparison_summary((la, lb), (dir_a, dir_b), (rec_a, rec_b), shared, rows, (only_a, only_b))
+    first = _first_psnr(shared)
+    out.write_text(_page(f'{la} vs {lb} / {dir_a.name}', summary, _comparison_columns(shared), rows,
+                         ['input', f'A: {la}', f'B: {lb}', 'ground truth'], f'd:{first}' if first else None),
+                   encoding='utf-8')
+    return out
+
+
+def _comparison_columns(shared: Sequence[str]) -> list[dict]:
+    """The table's columns: per metric the difference B − A, A's and B's value (a baseline: A's value only)."""
+    columns = []
     for n in shared:
         if n in BASELINES:
             columns.append({'id': f'a:{n}', 'title': n, 'baseline': True})
             continue
         columns += [{'id': f'd:{n}', 'title': f'Δ {n} (B − A)', 'delta': True},
                     {'id': f'a:{n}', 'title': f'{n} A'}, {'id': f'b:{n}', 'title': f'{n} B'}]
-    thumbs = page_dir / f'{out.stem}_thumbs'
-    for ra in common:
-        key = str(ra['key'])
-        rb = by_b[key]
-        fa, fb = _image_files(dir_a, key), _image_files(dir_b, key)
-        values: dict[str, float | None] = {}
-        for n in shared:
-            a, b = _number(ra.get(n)), _number(rb.get(n))
-            values[f'a:{n}'], values[f'b:{n}'] = a, b
-            values[f'd:{n}'] = b - a if a is not None and b is not None else None
-        thumb = None
-        if 'prediction' in fb and _thumbnail(fb['prediction'], thumbs / f'{key}.jpg'):
-            thumb = _href(thumbs / f'{key}.jpg', page_dir)
-        images = [fa.get('input'), fa.get('prediction'), fb.get('prediction'), fa.get('ground truth')]
-        rows.append({'key': key, 'thumb': thumb, 'values': values,
-                     'images': [_href(p, page_dir) if p is not None else None for p in images],
-                     'panel': _href(fb['panel'], page_dir) if 'panel' in fb else None})
-    mean_a, mean_b = rec_a.get('mean', {}), rec_b.get('mean', {})
+    return columns
+
+
+def _comparison_row(ra: Mapping[str, Any], rb: Mapping[str, Any], dir_a: Path, dir_b: Path, shared: Sequence[str],
+                    thumbs: Path, page_dir: Path) -> dict:
+    """One image of both runs: its values (``a:``, ``b:``, ``d:`` per metric), B's thumbnail and the viewer's
+    images (input, A, B, ground truth)."""
+    key = str(ra['key'])
+    fa, fb = _image_files(dir_a, key), _image_files(dir_b, key)
+    values: dict[str, float | None] = {}
+    for n in shared:
+        a, b = _number(ra.get(n)), _number(rb.get(n))
+        values[f'a:{n}'], values[f'b:{n}'] = a, b
+        values[f'd:{n}'] = b - a if a is not None and b is not None else None
+    thumb = None
+    if 'prediction' in fb and _thumbnail(fb['prediction'], thumbs / f'{key}.jpg'):
+        thumb = _href(thumbs / f'{key}.jpg', page_dir)
+    images = [fa.get('input'), fa.get('prediction'), fb.get('prediction'), fa.get('ground truth')]
+    return {'key': key, 'thumb': thumb, 'values': values,
+            'images': [_href(p, page_dir) if p is not None else None for p in images],
+            'panel': _href(fb['panel'], page_dir) if 'panel' in fb else None}
+
+
+def _comparison_summary(labels: tuple[str, str], dirs: tuple[Path, Path], records: tuple[Mapping, Mapping],
+                        shared: Sequence[str], rows: list[dict], only: tuple[list[str], list[str]]) -> str:
+    """The summary table's rows: both folders, the mean of every metric and its difference, how many images B
+    wins on (first PSNR), how many were compared and the keys only one run has."""
+    (la, lb), (dir_a, dir_b), (only_a, only_b) = labels, dirs, only
+    mean_a, mean_b = records[0].get('mean', {}), records[1].get('mean', {})
     summary = (f'<tr><th></th><th>A: {html.escape(la)}</th><th>B: {html.escape(lb)}</th><th>B − A</th></tr>'
                f'<tr><th>folder</th><td>{html.escape(str(dir_a))}</td><td>{html.escape(str(dir_b))}</td><td></td></tr>')
     for n in shared:
@@ -199,11 +222,7 @@ def write_comparison(dir_a: str | os.PathLike, dir_b: str | os.PathLike, out: st
         summary += (f'<tr><th>not compared</th><td colspan="3">only in A: {html.escape(", ".join(only_a[:10]))}'
                     f'{" …" if len(only_a) > 10 else ""}; only in B: {html.escape(", ".join(only_b[:10]))}'
                     f'{" …" if len(only_b) > 10 else ""}</td></tr>')
-    first = _first_psnr(shared)
-    out.write_text(_page(f'{la} vs {lb} / {dir_a.name}', summary, columns, rows,
-                         ['input', f'A: {la}', f'B: {lb}', 'ground truth'], f'd:{first}' if first else None),
-                   encoding='utf-8')
-    return out
+    return summary
 
 
 def _first_psnr(names: Sequence[str]) -> str | None:

@@ -29,8 +29,8 @@ def test_base_model_declares_the_interface_every_model_implements():
 
 
 def test_one_precision_table_for_training_and_inference():
-    import codes.infer as infer
-    assert infer._autocast is precision.autocast
+    from codes.infer import images, network
+    assert network._autocast is precision.autocast and images._autocast is precision.autocast
     assert precision.to_dtype('bf16') is torch.bfloat16 and precision.to_dtype(torch.float16) is torch.float16
     with pytest.raises(ValueError, match='fp64'):
         precision.to_dtype('fp64')
