@@ -2,8 +2,8 @@
 
 Lets ``infer.py`` load a checkpoint without being told the architecture: the project's own checkpoints
 (``{'params': ..., 'params_ema': ...}``) and the official bare state_dicts carry no configuration, but every
-hyper-parameter that changes a tensor shape can be read back from the shapes (``bsrt.md`` §12, the key lists in
-``keys/``). Hyper-parameters that change no shape (BSRT's drop-path rate) are irrelevant at inference.
+hyper-parameter that changes a tensor shape can be read back from the shapes.
+Hyper-parameters that change no shape (BSRT's drop-path rate) are irrelevant at inference.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
 
 
 def _bsrt_options(sd: Mapping[str, torch.Tensor]) -> dict:
-    """BSRT hyper-parameters from the shapes (``bsrt.md`` §4, §12)."""
+    """BSRT hyper-parameters from the shapes (``Algolzw/BSRT`` layout)."""
     embed_dim = int(sd['conv_first.weight'].shape[0])
     num_feat = int(sd['conv_last.weight'].shape[1])
     depths = [_count(sd, r'pre_layers\.(\d+)\.')]
@@ -78,7 +78,7 @@ def _ebsr_options(sd: Mapping[str, torch.Tensor]) -> dict:
 
 
 def _dcls_options(sd: Mapping[str, torch.Tensor]) -> dict:
-    """DCLS hyper-parameters from the shapes (``dcls.md`` §1-3, §7)."""
+    """DCLS hyper-parameters from the shapes (``megvii-research/DCLS-SR`` layout)."""
     from codes.archs.dcls_arch import Estimator, FILTER_STRUCTURES
     nf, in_nc = (int(v) for v in sd['Restorer.conv_first.weight'].shape[:2])
     nf2 = int(sd['Restorer.head1.weight'].shape[0])

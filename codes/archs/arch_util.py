@@ -4,7 +4,7 @@
   so the official weights load unchanged, and have two implementations of the same operator (``impl``):
   ``torchvision.ops.deform_conv2d`` ('reference', the test oracle) and bilinear sampling of the taps with
   ``grid_sample`` followed by one matrix product ('fast', the default).
-* ``SpyNet`` follows ``bsrt.md`` §8 (Ranjan & Black, CVPR 2017, in the BasicSR/VRT layout), so the Sintel-final
+* ``SpyNet`` follows Ranjan & Black (CVPR 2017), in the BasicSR/VRT layout,, so the Sintel-final
   weight file ``spynet_sintel_final-3d2a1287.pth`` loads with :func:`load_spynet_weights`. Nothing is downloaded.
 
 Precision: flow warping and the DCNs always compute in float32 (float64 stays float64) with autocast disabled, and
@@ -325,7 +325,7 @@ class SpyNetBasicModule(nn.Module):
 
 
 class SpyNet(nn.Module):
-    """SpyNet optical flow (6-level pyramid), BasicSR/VRT layout; ``bsrt.md`` §8.
+    """SpyNet optical flow (6-level pyramid), BasicSR/VRT layout (Ranjan & Black, CVPR 2017).
 
     Args:
         return_levels: pyramid levels to return (5 = finest, full size), in this order. Default: (5, 4, 3).

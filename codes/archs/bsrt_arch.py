@@ -2,8 +2,8 @@
 
 Paper: Luo et al., "BSRT: Improving Burst Super-Resolution with Swin Transformer and Flow-Guided Deformable
 Alignment", CVPR Workshops 2022, arXiv 2204.08332.
-Upstream: ``Algolzw/BSRT`` at commit da8d5154 (MIT licence), ``code/*/bsrt/model/bsrt.py``; re-implemented from
-``docs: bsrt.md`` so that the official checkpoints load strictly (same names, shapes and persistent buffers).
+Upstream: ``Algolzw/BSRT`` at commit da8d5154 (MIT licence), ``code/*/bsrt/model/bsrt.py``; re-implemented from the
+paper and the upstream code so that the official checkpoints load strictly (same names, shapes and persistent buffers).
 
 Input (B, N, 4, h, w): packed RGGB bursts in [0, 1], frame 0 the reference. Output (B, 3, 8h, 8w): linear camera
 RGB, not clamped. Parts:
@@ -42,7 +42,7 @@ BSRT_LEVELS: dict[str, dict] = {
 
 # ----------------------------------------------------------------------------------------------------- blocks
 class FlowGuidedPCDAlign(nn.Module):
-    """Flow-guided pyramid, cascading and deformable alignment (``align`` in BSRT; ``bsrt.md`` §4.5).
+    """Flow-guided pyramid, cascading and deformable alignment (``align`` in BSRT).
 
     Offsets are predicted from the flow-pre-warped neighbour, the reference and the flow; the DCNs deform the
     un-warped neighbour, with the flow as base offset. Levels are coarse (L3, 1/4) to fine (L1).

@@ -2,11 +2,11 @@
 
 Paper: Luo et al., "Deep Constrained Least Squares for Blind Image Super-Resolution", CVPR 2022, arXiv 2202.07508.
 Upstream: ``megvii-research/DCLS-SR`` at commit 3314f42e (MIT licence),
-``codes/config/DCLS/models/modules/dcls_arch.py``; re-implemented from ``docs: dcls.md`` §1-§7 so that the
+``codes/config/DCLS/models/modules/dcls_arch.py``; re-implemented from Luo et al. CVPR 2022 and that file so that the
 official checkpoints (``DCLSx{2,3,4}_setting1.pth``, ``DCLSx{2,4}_setting2.pth``) load with ``strict=True``
 (same module names, order and shapes) and give the official outputs.
 
-Input ``lr`` (B, 3, h, w): RGB in [0, 1] (training inputs may lie slightly outside, see ``dcls.md`` §10.1), with
+Input ``lr`` (B, 3, h, w): RGB in [0, 1] (training inputs may lie slightly outside), with
 h, w >= 7. Output ``(sr, kernel)``: sr (B, 3, scale*h, scale*w) clamped to [0, 1], and the estimated LR-space blur
 kernel (B, 1, ks, ks), which sums to 1 (negative taps are possible). Parts:
 
@@ -36,7 +36,7 @@ __all__ = ['DCLS', 'Estimator', 'Restorer', 'CLS', 'DPCAB', 'DPCAG', 'CALayer', 
 
 logger = logging.getLogger(__name__)
 
-#: Layer sizes of the deep linear kernel generator, per kernel size (``dcls.md`` §1).
+#: Layer sizes of the deep linear kernel generator, per kernel size (as in DCLS-SR).
 FILTER_STRUCTURES: dict[int, tuple[int, ...]] = {21: (11, 7, 5, 1), 11: (7, 3, 3, 1), 31: (11, 9, 7, 5, 3)}
 #: Smallest LR side the network accepts: CLS's grad_filter has three valid 3x3 convs on unpadded features.
 MIN_LR_SIZE = 7
@@ -48,7 +48,7 @@ def psf2otf(psf: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Optical transfer function of odd-sized square kernels, as a complex spectrum.
 
     The kernel is zero-padded to ``shape`` and circularly shifted so that its centre (n//2, n//2) lands at (0, 0),
-    then transformed with a 2-D FFT over the last two axes (``dcls.md`` §4).
+    then transformed with a 2-D FFT over the last two axes.
 
     Args:
         psf: (..., n, n) real kernels, n odd.
@@ -87,7 +87,7 @@ def otf2psf(otf: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def cls_deconv(feat: torch.Tensor, kernel: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
-    """Constrained least squares deconvolution of every feature channel in the Fourier domain (``dcls.md`` §4).
+    """Constrained least squares deconvolution of every feature channel in the Fourier domain.
 
     Computes, per sample and channel, R = F⁻¹[conj(K̂) / (|K̂|² + |P̂_c|²) · F(z_c)] on the replicate-padded
     features, then crops the padding. There is no ε: the DC term of the denominator is about (Σk)² = 1.
@@ -177,7 +177,7 @@ class DPCAG(nn.Module):
     """A group of ``nb`` DPCABs whose output is **twice** the chained blocks' output on both paths.
 
     The original adds the group input to the body output, but its blocks mutate and return the input list, so
-    the "residual" adds the output to itself (``dcls.md`` §3). The official weights were trained with this
+    the "residual" adds the output to itself. The official weights were trained with this
     doubling, so it is reproduced exactly (y + y).
     """
 
@@ -254,7 +254,7 @@ class Estimator(nn.Module):
         self.dec = nn.ModuleList(
             nn.Linear(para_len, co * ci * f * f)
             for ci, co, f in zip(self.in_chans, self.out_chans, self.filter_structures))
-        for m in self.modules():  # kaiming x 1 everywhere, the ResBlocks' own x 0.1 included (dcls.md §2)
+        for m in self.modules():  # kaiming x 1 everywhere, the ResBlocks' own x 0.1 included (as upstream)
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, a=0, mode='fan_in')
                 nn.init.zeros_(m.bias)
@@ -281,7 +281,7 @@ class Estimator(nn.Module):
 
 
 class Restorer(nn.Module):
-    """The non-blind SR branch: LR image and kernel -> SR image (``dcls.md`` §3).
+    """The non-blind SR branch: LR image and kernel -> SR image.
 
     Args:
         in_nc: image channels.

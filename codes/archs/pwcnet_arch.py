@@ -2,7 +2,7 @@
 
 Paper: Sun et al., "PWC-Net: CNNs for Optical Flow Using Pyramid, Warping, and Cost Volume", CVPR 2018.
 Upstream: ``sniklaus/pytorch-pwc`` (GPL-3.0), as vendored by DBSR (``goutamgmb/deep-burst-sr:
-models/alignment/pwcnet.py``) and BSRT for the BurstSR aligned metrics (``shared/spec/burst_data.md`` §8).
+models/alignment/pwcnet.py``) and BSRT for the BurstSR aligned metrics.
 Re-implemented here so the official weights load strictly: the sub-module names are the upstream ones
 (``netExtractor``, ``netTwo`` … ``netSix``, ``netRefiner``), and the weight file's ``module*`` names are mapped
 to them by ``convert_pwcnet_checkpoint``. The cost volume, a CuPy kernel upstream, is ``correlation`` below.

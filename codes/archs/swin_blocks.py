@@ -1,7 +1,7 @@
 """Swin Transformer (V1) blocks as used by SwinIR and BSRT.
 
 Follows SwinIR (Liang et al., ICCVW 2021; ``JingyunLiang/SwinIR: models/network_swinir.py``, Apache-2.0), which in
-turn follows Swin (Liu et al., ICCV 2021), restricted to what BSRT needs (``docs: bsrt.md`` §5):
+turn follows Swin (Liu et al., ICCV 2021), restricted to what BSRT (``Algolzw/BSRT``) needs:
 
 * window and shift are fixed at construction (8 and 4 in BSRT), independent of the input size;
 * the relative position index is a persistent buffer (the official BSRT checkpoints carry it);

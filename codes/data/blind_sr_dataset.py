@@ -1,6 +1,6 @@
 """Single-image blind-SR datasets (DCLS): HR images degraded on the fly, and paired LQ/GT sets paired by key.
 
-Restated from ``dcls.md`` §10-§12 (upstream ``megvii-research/DCLS-SR: codes/data/GT_dataset.py``,
+Follows DCLS (upstream ``megvii-research/DCLS-SR: codes/data/GT_dataset.py``,
 ``LQGT_dataset.py``), with the upstream pitfalls fixed: LQ and GT are paired **by key**, never by sorted position
 (DIV2KRK, DCLS issue #33), the pairing fails loudly when the key sets differ, and paired sets can train.
 

@@ -1,6 +1,6 @@
 """BurstSR: real Samsung Galaxy S8 RAW bursts against a Canon DSLR ground truth (the NTIRE BurstSR real track).
 
-Restated from ``shared/spec/burst_data.md`` §5 and §10.2 (not copied). Upstream: DBSR's
+Follows the upstream code (not copied): DBSR's
 ``goutamgmb/deep-burst-sr`` (``dataset/burstsr_dataset.py``, ``data/processing.py``) and the data code of
 ``Algolzw/BSRT`` (``code/real/bsrt/datasets/burstsr_dataset.py``); paper: Bhat et al., "Deep Burst
 Super-Resolution", CVPR 2021.
@@ -118,7 +118,7 @@ def normalize_canon(rgb: np.ndarray, black_level: Sequence[float]) -> Tensor:
 
 
 def bayer_flip(burst: Tensor, gt: Tensor, horizontal: bool, vertical: bool) -> tuple[Tensor, Tensor]:
-    """Flip a packed RGGB burst (N, 4, h, w) and its GT (3, 8h, 8w) without changing the Bayer phase (§10.2).
+    """Flip a packed RGGB burst (N, 4, h, w) and its GT (3, 8h, 8w) without changing the Bayer phase.
 
     Each flipped axis of the raw mosaic loses one raw pixel at each end (so R stays at the top-left) and the GT
     two pixels at each end; the packed burst is then replicate-padded by 1 pixel and the GT by 4 pixels on the far
@@ -154,7 +154,7 @@ def _as_float_tensor(value: Any, source: str, key: str) -> Tensor:
 # ---------------------------------------------------------------------------------------------------- dataset
 @DATASET_REGISTRY.register()
 class BurstSRDataset(Dataset):
-    """The pre-processed BurstSR crops (spec §5): Samsung RAW bursts and exposure-matched Canon ground truth.
+    """The pre-processed BurstSR crops (Bhat et al., CVPR 2021): Samsung RAW bursts, exposure-matched Canon GT.
 
     Each item is ``{'lq': (burst_size, 4, h, w), 'gt': (3, 8h, 8w), 'meta_info': dict, 'key': 'SSSS_CCCC'}``:
 

@@ -1,8 +1,8 @@
 """Camera pipeline for synthetic RAW bursts: unprocessing (sRGB -> linear camera RGB) and processing back.
 
 The steps follow Brooks et al., "Unprocessing Images for Learned Raw Denoising" (CVPR 2019), in the form used by
-DBSR (``goutamgmb/deep-burst-sr: data/camera_pipeline.py``) and copied unchanged into ``Algolzw/BSRT``, restated
-from ``shared/spec/burst_data.md`` §2 and §6 (not copied). Everything here is a pure function of tensors and
+DBSR (``goutamgmb/deep-burst-sr: data/camera_pipeline.py``) and copied unchanged into ``Algolzw/BSRT``, written
+from their description (not copied). Everything here is a pure function of tensors and
 explicit parameters; sampling is separate from applying:
 
 * samplers take ``rng`` (a ``random.Random``, where the original used Python's ``random``) and/or ``generator``
@@ -288,7 +288,7 @@ def add_noise(image: Tensor, shot_noise: float | Tensor = 0.01, read_noise: floa
 # ---------------------------------------------------------------------------------------------------- pipelines
 def unprocess(image: Tensor, rgb2cam: Tensor, rgb_gain: float, red_gain: float, blue_gain: float,
               smoothstep: bool = True, gamma: bool = True, gains: bool = True) -> Tensor:
-    """sRGB -> linear camera RGB (spec §2.1 step 4): inverse smoothstep, inverse gamma, rgb2cam, safe inverse
+    """sRGB -> linear camera RGB (Brooks et al. 2019): inverse smoothstep, inverse gamma, rgb2cam, safe inverse
     gains, clamp to [0, 1]. Each of the first, second and fourth steps can be switched off.
 
     Args:
@@ -308,7 +308,7 @@ def unprocess(image: Tensor, rgb2cam: Tensor, rgb_gain: float, red_gain: float, 
 def process_linear_image_rgb(image: Tensor, meta_info: Mapping[str, Any], gains: bool = True, ccm: bool = True,
                              gamma: bool = True, smoothstep: bool = True,
                              return_np: bool = False) -> Tensor | np.ndarray:
-    """Linear camera RGB -> sRGB for viewing (spec §6, synthetic): forward gains (with clamp), cam2rgb, gamma if
+    """Linear camera RGB -> sRGB for viewing (synthetic track): forward gains (with clamp), cam2rgb, gamma if
     ``meta_info['gamma']``, smoothstep if ``meta_info['smoothstep']``, clamp to [0, 1].
 
     Args:
@@ -343,7 +343,7 @@ def _to_uint8(image: Tensor, bgr: bool) -> np.ndarray:
 
 def to_uint8_srgb(image: Tensor, meta_info: Mapping[str, Any], bgr: bool = True, gains: bool = True,
                   ccm: bool = True, gamma: bool = True, smoothstep: bool = True) -> np.ndarray:
-    """Linear camera RGB -> 8-bit sRGB as the original's ``SimplePostProcess`` (spec §6): process, clamp,
+    """Linear camera RGB -> 8-bit sRGB as the original's ``SimplePostProcess``: process, clamp,
     ×255, cast to uint8 by **truncation**, and swap to BGR for ``cv2.imwrite`` unless ``bgr=False``.
 
     Returns:
@@ -365,7 +365,7 @@ def _channels_013(value: Any, image: Tensor, name: str) -> Tensor:
 def process_burstsr_image_rgb(image: Tensor, meta_info: Mapping[str, Any], white_balance: bool = True,
                               gamma: bool = True, smoothstep: bool = True, norm_factor: float | None = None,
                               return_np: bool = False) -> Tensor | np.ndarray:
-    """BurstSR linear RGB -> sRGB for viewing (spec §6, real track): × ``meta_info['norm_factor']``; the black
+    """BurstSR linear RGB -> sRGB for viewing (real track): × ``meta_info['norm_factor']``; the black
     level [0, 1, −1] subtracted unless ``black_level_subtracted``; × cam_wb[0, 1, −1] / cam_wb[1] unless
     ``while_balance_applied`` (upstream spelling) or ``white_balance`` is off; ÷ the image max (or ``norm_factor``,
     to give several images one scale) and clamp; x^(1/2.2); smoothstep. **No colour matrix.**

@@ -1,7 +1,7 @@
-"""Blind-SR degradations of DCLS (``dcls.md`` §10): Gaussian blur kernels, reflect-padded blur, MATLAB-compatible
-antialiased bicubic resizing, optional Gaussian noise and 8-bit rounding.
+"""Blind-SR degradations of DCLS (``megvii-research/DCLS-SR``): Gaussian blur kernels, reflect-padded blur,
+MATLAB-compatible antialiased bicubic resizing, optional Gaussian noise and 8-bit rounding.
 
-Restated from the spec (upstream ``megvii-research/DCLS-SR: codes/utils/deg_utils.py`` and ``codes/data/util.py``,
+Follows DCLS (upstream ``megvii-research/DCLS-SR: codes/utils/deg_utils.py`` and ``codes/data/util.py``,
 themselves from ``greatlog/DAN``); nothing is copied. Kernels are computed in float64 NumPy and cast to float32
 once at the end, as upstream. Images are torch tensors (..., C, H, W) in [0, 1] on any device.
 
@@ -22,14 +22,14 @@ from torch import Tensor
 __all__ = ['GAUSSIAN8_SIGMAS', 'SETTING_KERNELS', 'isotropic_gaussian_kernel', 'random_batch_kernels', 'blur',
            'cubic', 'resize_weights', 'imresize', 'quantize', 'Degraded', 'degrade']
 
-#: The eight σ of the Gaussian8 test protocol per scale (np.linspace over the IKC ranges; dcls.md §10.2).
+#: The eight σ of the Gaussian8 test protocol per scale (np.linspace over the IKC ranges).
 GAUSSIAN8_SIGMAS: dict[int, tuple[float, ...]] = {
     2: tuple(np.linspace(0.8, 1.6, 8).tolist()),
     3: tuple(np.linspace(1.35, 2.4, 8).tolist()),
     4: tuple(np.linspace(1.8, 3.2, 8).tolist()),
 }
 
-#: Kernel-sampling options of the shipped training files (dcls.md §9.2), by (setting, scale).
+#: Kernel-sampling options of DCLS-SR's shipped training files, by (setting, scale).
 SETTING_KERNELS: dict[tuple[int, int], dict] = {
     (1, 2): dict(kernel_size=21, sig_min=0.2, sig_max=2.0, rate_iso=1.0, random_disturb=False),
     (1, 3): dict(kernel_size=21, sig_min=0.2, sig_max=3.0, rate_iso=1.0, random_disturb=False),
@@ -59,7 +59,7 @@ def isotropic_gaussian_kernel(size: int, sigma: float) -> np.ndarray:
 
 def random_batch_kernels(batch: int, size: int, sig_min: float, sig_max: float, rate_iso: float = 1.0,
                          random_disturb: bool = False, rng: Rng | None = None) -> np.ndarray:
-    """Random Gaussian blur kernels as in the DCLS training recipe (``dcls.md`` §10.1); (batch, size, size) float32.
+    """Random Gaussian blur kernels as in the DCLS training recipe; (batch, size, size) float32.
 
     * ``rate_iso == 1`` (setting 1): isotropic, one draw σ ~ U(sig_min, sig_max) per kernel.
     * otherwise (setting 2): σx, σy ~ U(sig_min, sig_max), θ ~ U(−π, π), m ~ U(0, 1), drawn in that order; Σ =

@@ -1,6 +1,6 @@
 """AlignedL1: the BurstSR real-track training loss (L1 after spatial and colour alignment to the Canon GT).
 
-Restated from ``shared/spec/burst_data.md`` §8 and §10.2 (not copied). Upstream: ``goutamgmb/deep-burst-sr:
+Follows the upstream code (not copied): ``goutamgmb/deep-burst-sr:
 utils/metrics.py`` (``AlignedL1``) and ``Algolzw/BSRT: code/real/bsrt/``. The whole per-GPU batch is aligned in one
 call (normalising maxima over the batch; flow, colour matrix and mask per image), and the masked absolute errors are
 pooled over the batch: Σ |pred_m − gt|·valid / (Σ valid · 3 + 1e-12). The loss runs in float32, outside autocast.

@@ -1,7 +1,7 @@
-"""Pixel losses of the BSRT recipes (``burst_data.md`` §10.1): L1 (the default, ``1*L1``), MSE and Charbonnier.
+"""Pixel losses of the BSRT recipes (``Algolzw/BSRT``): L1 (the default, ``1*L1``), MSE and Charbonnier.
 
 Every loss casts the prediction and the target to float32 before computing, so a bf16/fp16 network output under
-autocast still gives a float32 loss (losses run in fp32, ``runner.md`` §14), and returns ``loss_weight`` times
+autocast still gives a float32 loss (losses run in fp32), and returns ``loss_weight`` times
 the reduced value. Shapes must match exactly: silent broadcasting of a (B, 3, H, W) against a (3, H, W) tensor
 is refused.
 """
@@ -80,7 +80,7 @@ class MSELoss(_PixelLoss):
 class CharbonnierLoss(_PixelLoss):
     """Charbonnier (smooth L1) loss, sqrt((pred − target)² + eps²), reduced by mean by default (BSRT's ``CB``).
 
-    ``burst_data.md`` §10.1 gives eps = 1e-3 for BSRT's CB. Here eps is the distance floor and is **squared**
+    BSRT's recipes (``Algolzw/BSRT``) use eps = 1e-3 for CB. Here eps is the distance floor and is **squared**
     inside the root, so eps = 1e-3 adds 1e-6 under the square root: the same function as the EDVR/BasicSR-style
     form sqrt(d² + ε) with ε = 1e-6 (BasicSR's own default, ε = 1e-12, is a different, sharper loss). The loss
     of a perfect prediction is therefore eps per element, not 0.

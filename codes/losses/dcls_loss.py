@@ -1,6 +1,6 @@
 """DCLS kernel loss: the closed-form LR-space kernel target and its L1 distance to the estimated kernel.
 
-Restated from ``dcls.md`` §5 (upstream ``megvii-research/DCLS-SR: codes/config/DCLS/models/modules/loss.py``,
+Follows Luo et al. CVPR 2022 (upstream ``megvii-research/DCLS-SR: codes/config/DCLS/models/modules/loss.py``,
 ``CorrectionLoss``, and ``codes/utils/dcls_utils.py``). DCLS rewrites y = (x ⊗ k)↓s as y ≈ k_R ⊗ (x↓s): the
 target k_R is obtained per colour channel by a regularised Fourier division of the blurred LR by the clean bicubic
 LR, then masked, soft-thresholded and renormalised. It carries no gradient.
@@ -41,7 +41,7 @@ def zeroize_negligible(k: Tensor, n: int = 40, ratio: float = 0.75) -> Tensor:
 @torch.no_grad()
 def kernel_target(lq_blur: Tensor, lq_clean: Tensor, kernel_size: int, eps: float = 1e-20, n: int = 40,
                   ratio: float = 0.75) -> Tensor:
-    """The LR-space kernel that maps the bicubic LR ``lq_clean`` to the blurred LR ``lq_blur`` (``dcls.md`` §5).
+    """The LR-space kernel that maps the bicubic LR ``lq_clean`` to the blurred LR ``lq_blur`` (DCLS, CVPR 2022).
 
     Per channel c: k_c = otf2psf(F(blur_c)·conj(F(clean_c)) / (|F(clean_c)|² + eps), ks), with 2-D FFTs over the
     whole LR patch (no padding). Then mask = (k_R·k_G·k_B > 0), target = mean_c(k_c)·mask, and

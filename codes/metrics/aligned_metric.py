@@ -1,7 +1,7 @@
 """AlignedPSNR for BurstSR: PSNR of the aligned, colour-matched prediction with the MSE masked by ``valid``.
 
-Restated from ``shared/spec/burst_data.md`` §7-§8 (upstream ``goutamgmb/deep-burst-sr: utils/metrics.py``,
-``AlignedPSNR``). The alignment itself (flow, warp, colour matrix, ``valid``) is ``codes.metrics.alignment``; the
+Follows ``goutamgmb/deep-burst-sr: utils/metrics.py`` (``AlignedPSNR``; Bhat et al., CVPR 2021), not copied.
+The alignment itself (flow, warp, colour matrix, ``valid``) is ``codes.metrics.alignment``; the
 real-track model (``RealBurstSRModel``) aligns each prediction once and passes the result to every metric, with
 ``valid`` to those that take it. AlignedSSIM and LPIPS are the plain ``calculate_ssim_linear`` and
 ``calculate_lpips`` applied to the aligned prediction (not masked, as upstream).

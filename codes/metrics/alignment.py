@@ -1,6 +1,6 @@
 """Spatial and colour alignment of a prediction to a misaligned ground truth (BurstSR AlignedL1 / AlignedPSNR).
 
-Restated from ``shared/spec/burst_data.md`` §8 (not copied). Upstream: ``goutamgmb/deep-burst-sr``
+Follows the upstream code (not copied): ``goutamgmb/deep-burst-sr``
 (``utils/spatial_color_alignment.py``, ``utils/warp.py``, ``utils/metrics.py``) and ``Algolzw/BSRT``
 (``code/real/bsrt/utils/``). For pred and gt (B, 3, H, W) and the burst (B, N, 4, H/(2s), W/(2s)), s = sr_factor:
 

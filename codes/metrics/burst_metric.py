@@ -1,4 +1,4 @@
-"""Burst-SR validation metrics, computed as the BurstSR challenges and BSRT compute them (``burst_data.md`` §7).
+"""Burst-SR validation metrics, computed as the BurstSR challenges and BSRT compute them (``goutamgmb/deep-burst-sr``).
 
 All metrics take the prediction and the ground truth in the **linear sensor space** (data range 1.0, no colour
 processing), as (C, H, W) or (B, C, H, W) torch tensors, ignore ``crop_border`` pixels on each side (40 for the

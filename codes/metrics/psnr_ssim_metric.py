@@ -1,7 +1,7 @@
 """MATLAB-compatible PSNR and SSIM of sRGB images, as single-image SR papers (and DCLS) report them.
 
-Restated from ``runner.md`` §10 and ``dcls.md`` §13 (BasicSR's ``calculate_psnr``/``calculate_ssim`` and the
-DCLS test script): both images are rounded through uint8 (clamp to [0, 1], ×255, round half to even), optionally
+Follows BasicSR's ``calculate_psnr``/``calculate_ssim`` and the test script of ``megvii-research/DCLS-SR``:
+both images are rounded through uint8 (clamp to [0, 1], ×255, round half to even), optionally
 converted to the BT.601 luma of MATLAB's ``rgb2ycbcr`` (Y = 16 + (65.481·R + 128.553·G + 24.966·B)/255 on the
 0-255 scale, not rounded), cropped by ``crop_border`` pixels (DCLS: crop = scale), and compared in float64 on the
 0-255 scale. SSIM uses the 11×11 Gaussian window with σ = 1.5, 'valid' filtering, C1 = (0.01·255)²,

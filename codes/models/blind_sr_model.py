@@ -1,6 +1,6 @@
 """``BlindSRModel``: single-image blind super-resolution with a kernel estimator (DCLS), scored as SR papers do.
 
-Restated from ``dcls.md`` §5, §10, §12-§14 (upstream ``megvii-research/DCLS-SR: codes/config/DCLS/models/
+Follows DCLS (Luo et al. CVPR 2022; upstream ``megvii-research/DCLS-SR: codes/config/DCLS/models/
 blind_model.py`` and ``train.py``). The network's ``forward(lq)`` returns ``(sr, kernel)``.
 
 * Training batches from ``BlindSRHRDataset`` carry HR crops and per-sample kernels: the model blurs, downsamples

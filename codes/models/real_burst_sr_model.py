@@ -1,7 +1,7 @@
 """``RealBurstSRModel``: burst SR on real BurstSR data, trained with AlignedL1 and scored with aligned metrics.
 
 The BurstSR ground truth (a Canon DSLR) is neither pixel-aligned nor colour-matched with the Samsung burst
-(``shared/spec/burst_data.md`` §5, §8, §10.2), so:
+(Bhat et al. CVPR 2021, ``goutamgmb/deep-burst-sr``), so:
 
 * training: a loss with ``requires_burst`` (``AlignedL1Loss``) gets the input burst as its third argument; it runs
   in float32 outside autocast, like every loss of ``BurstSRModel``;

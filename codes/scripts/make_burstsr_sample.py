@@ -2,11 +2,11 @@
 
 ``python -m codes.scripts.make_burstsr_sample [--out datasets/burstsr_sample] [--num-train 6] [--num-val 3]
 [--crop-size 80] [--seed 0] [--overwrite]`` makes ``OUT/{train,val}/{SSSS_CCCC}/`` crops in the layout of the
-pre-processed BurstSR set (``shared/spec/burst_data.md`` §5), readable by ``BurstSRDataset``:
+pre-processed BurstSR set (Bhat et al. CVPR 2021, ``goutamgmb/deep-burst-sr``), readable by ``BurstSRDataset``:
 
 * ``samsung_{00..13}/im_raw.png``: 4-channel uint16 packed RGGB, ``crop-size``² (80 in the real set), 10-bit
-  counts = round(900·x + black_level), x a synthetic RAW burst (spec §2 pipeline: random CCM and gains, inverse ISP,
-  frames shifted by up to ±2 packed px and ±0.5°, shot/read noise) of a scikit-image photograph;
+  counts = round(900·x + black_level), x a synthetic RAW burst (Brooks et al. pipeline: random CCM and gains,
+  inverse ISP, frames shifted by up to ±2 packed px and ±0.5°, shot/read noise) of a scikit-image photograph;
 * ``samsung_XX/meta_info.pkl``: ``black_level`` (4), ``cam_wb``, ``daylight_wb``, ``color_matrix``,
   ``exif_data`` (``Image ExposureTime``, ``Image FNumber``, ``Image ISOSpeedRatings``, ``Image Tag 0xC761``),
   ``crop_info``, ``im_preview``;

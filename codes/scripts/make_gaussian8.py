@@ -2,7 +2,7 @@
 
 ``python -m codes.scripts.make_gaussian8 --hr DIR --scale 4 --out DIR [--overwrite]``
 
-Protocol (``dcls.md`` §10.2, after IKC): each HR image is read as 8-bit BGR, modcropped (top-left kept) to a
+Protocol (IKC's Gaussian8, as used by DCLS): each HR image is read as 8-bit BGR, modcropped (top-left kept) to a
 multiple of the scale, and for each of the eight σ of ``GAUSSIAN8_SIGMAS[scale]`` blurred with the isotropic
 21×21 Gaussian (reflect padding), downsampled with MATLAB-compatible antialiased bicubic, clamped and rounded to
 uint8. Outputs, under OUT:

@@ -9,7 +9,7 @@
 * ``OUT/SyntheticBurstVal/{bursts,gt}/XXXX/``: ``--num-val`` bursts in the official SyntheticBurstVal format (14
   frames of 48×48 packed RGGB, 384×384 GT; uint16 PNGs × 2^14 written by OpenCV, ``meta_info.pkl`` a plain pickle
   of the meta dict with torch tensors plus ``frame_num``), synthesised from *other* photographs (chelsea, the right
-  motorcycle view, camera and brick; the last two are grey, made RGB) with the spec's pipeline. They are fed in
+  motorcycle view, camera and brick; the last two are grey, made RGB) with DBSR's pipeline. They are fed in
   RGB order, as DBSR's generator (which made the official set) loads images. Read it with ``SyntheticBurstValDataset``.
 
 No network is needed: ``skimage.data.<name>()`` loads the copies shipped in the wheel. Generation is seeded and
