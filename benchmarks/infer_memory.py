@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -135,14 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
-                   if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    report = {'scale': args.scale, 'tile': args.tile, 'overlap': args.overlap, 'cpu': cpu, 'cores': os.cpu_count(),
-              'threads': args.threads, 'torch': torch.__version__, 'rows': rows}
+    from benchmarks.train_step import machine_info  # the parent only: children measure their own memory
+    report = {'scale': args.scale, 'tile': args.tile, 'overlap': args.overlap, **machine_info(torch.device('cpu')),
+              'threads': args.threads, 'rows': rows}
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

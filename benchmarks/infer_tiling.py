@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -90,15 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             if row.get('tile') and row['tile'] in outputs:
                 d = (outputs[row['tile']] - outputs[0]).abs()
                 row.update(max_abs_diff=float(f'{d.max().item():.3g}'), mean_abs_diff=float(f'{d.mean().item():.3g}'))
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
-                   if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
+    from benchmarks.train_step import machine_info  # the parent only: children measure their own memory
     report = {'level': args.level, 'burst': args.burst, 'packed_size': args.size, 'overlap': args.overlap,
-              'precision': args.precision, 'cpu': cpu, 'cores': os.cpu_count(), 'torch': torch.__version__,
-              'rows': rows}
+              'precision': args.precision, **machine_info(torch.device('cpu')), 'rows': rows}
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
