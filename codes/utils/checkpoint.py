@@ -267,11 +267,11 @@ def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLi
                       pointer: str | os.PathLike | None = None) -> tuple[dict, Path, Path] | None:
     """The newest complete training state: ``(state, state_path, weights_path)``, or None.
 
-    The state that ``pointer`` (``last_checkpoint``) names is taken when it is the newest state file and it loads
-    completely with its weights. Otherwise (no pointer, a stale one, or one naming a broken file) the states are
-    scanned from the newest: files that fail to load (a truncated write, a foreign file) or whose weights file is
-    missing or unreadable are skipped with a warning (and appended to ``skipped`` as ``(state_path, reason)``), and
-    the next older state is tried.
+    The states are tried from the newest: files that fail to load (a truncated write, a foreign file) or whose
+    weights file is missing or unreadable are skipped with a warning (and appended to ``skipped`` as
+    ``(state_path, reason)``), and the next older state is tried. ``pointer`` (``last_checkpoint``) is checked
+    against that order: the log says when the state taken is the newest one and the pointer names it, or that the
+    pointer is missing or stale.
     """
     states_dir, models_dir = Path(states_dir), Path(models_dir)
     if not states_dir.is_dir():
@@ -283,14 +283,7 @@ def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLi
             candidates.append((int(m.group(1)), p))
     candidates.sort(reverse=True)
     named = read_pointer(pointer, states_dir) if pointer is not None else None
-    if named is not None and candidates and named == candidates[0][1]:
-        try:
-            state, weights = _load_complete(named, candidates[0][0], models_dir)
-            logger.info('Resuming from %s, named by %s', named, pointer)
-            return state, named, weights
-        except (CheckpointError, FileNotFoundError) as exc:  # the scan below skips it with a warning
-            logger.info('%s names %s, which cannot be resumed (%s): scanning %s', pointer, named, exc, states_dir)
-    elif pointer is not None and candidates:
+    if pointer is not None and candidates and named != candidates[0][1]:
         logger.info('%s %s: scanning %s', pointer, 'names an older state' if named is not None and named.is_file()
                     else 'is missing or names no training state', states_dir)
     for it, p in candidates:
@@ -301,5 +294,7 @@ def find_resume_state(states_dir: str | os.PathLike, models_dir: str | os.PathLi
             if skipped is not None:
                 skipped.append((p, str(exc)))
             continue
+        if p == named == candidates[0][1]:
+            logger.info('Resuming from %s, named by %s', named, pointer)
         return state, p, weights
     return None
