@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ from torchvision.ops import deform_conv2d
 from codes.utils.checkpoint import load_state_dict_strict
 
 __all__ = [
-    'IMPLS', 'resolve_impl', 'flow_warp', 'modulated_deform_conv2d', 'FlowGuidedDCN', 'DCNSep', 'SpyNet',
+    'Impl', 'IMPLS', 'resolve_impl', 'flow_warp', 'modulated_deform_conv2d', 'FlowGuidedDCN', 'DCNSep', 'SpyNet',
     'load_spynet_weights'
 ]
 
@@ -77,7 +77,9 @@ def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = 'zeros',
     return out.to(dtype)
 
 
-IMPLS = ('auto', 'fast', 'reference')
+#: The implementations of the DCNs and window attention (``impl``), as a type the option schema checks.
+Impl = Literal['auto', 'fast', 'reference']
+IMPLS: tuple[str, ...] = get_args(Impl)
 
 # Byte budget of one chunk's column buffer in the fast DCN. Below glibc's largest mmap threshold (32 MiB) the buffer
 # is recycled from the heap instead of being mapped and page-faulted afresh on every call, and it stays near the

@@ -18,22 +18,24 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 import torch.nn as nn
 
-from codes.archs.arch_util import IMPLS, DCNSep, FlowGuidedDCN, SpyNet, flow_warp, load_spynet_weights
+from codes.archs.arch_util import IMPLS, DCNSep, FlowGuidedDCN, Impl, SpyNet, flow_warp, load_spynet_weights
 from codes.archs.burst_blocks import BurstHeadMixin, icnr_, up2
 from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, WindowAttention, shift_mask
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['BSRT', 'FlowGuidedPCDAlign', 'BSRT_LEVELS', 'UPSAMPLE_INITS']
 
-# Published hyper-parameters (``make_model`` in the original): embed_dim, depths (pre_layers first), num_heads.
-#: Initialisations of the pixel-shuffle convolutions (see ``BSRT(upsample_init=...)``).
-UPSAMPLE_INITS = ('default', 'icnr')
+#: Initialisations of the pixel-shuffle convolutions (see ``BSRT(upsample_init=...)``), as a type the option
+#: schema checks.
+UpsampleInit = Literal['default', 'icnr']
+UPSAMPLE_INITS: tuple[str, ...] = get_args(UpsampleInit)
 
+# Published hyper-parameters (``make_model`` in the original): embed_dim, depths (pre_layers first), num_heads.
 BSRT_LEVELS: dict[str, dict] = {
     'S': dict(embed_dim=60, depths=(6, 6, 6, 6, 6), num_heads=6),
     'L': dict(embed_dim=180, depths=(6, 8, 8, 8, 8, 8, 8), num_heads=6),
@@ -139,8 +141,8 @@ class BSRT(BurstHeadMixin, nn.Module):
     def __init__(self, level: str | None = 'S', embed_dim: int | None = None, depths: Sequence[int] | None = None,
                  num_heads: Sequence[int] | int | None = None, window_size: int = 8, mlp_ratio: float = 2.0,
                  burst_size: int = 14, num_feat: int = 64, deformable_groups: int = 8, drop_path_rate: float = 0.1,
-                 spynet_path: str | None = None, use_checkpoint: bool = False, impl: str = 'auto',
-                 upsample_init: str = 'default') -> None:
+                 spynet_path: str | None = None, use_checkpoint: bool = False, impl: Impl = 'auto',
+                 upsample_init: UpsampleInit = 'default') -> None:
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"option 'impl': expected one of {', '.join(IMPLS)}, got {impl!r}")

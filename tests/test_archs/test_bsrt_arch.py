@@ -147,6 +147,8 @@ def test_icnr_upsample_init() -> None:
     assert list(icnr.state_dict()) == list(plain.state_dict())
     with pytest.raises(ValueError, match="'upsample_init'"):
         BSRT(**TINY, upsample_init='zeros')
+    with pytest.raises(OptionError, match=r"option 'network_g\.upsample_init': expected one of \['default', 'icnr'\]"):
+        build_network({'type': 'BSRT', **TINY, 'upsample_init': 'zeros'})
 
 
 # ----------------------------------------------------------------------------------------------------- DCN

@@ -12,6 +12,7 @@ from codes.archs import build_network
 from codes.archs.arch_util import DCNSep, FlowGuidedDCN, modulated_deform_conv2d
 from codes.archs.bsrt_arch import BSRT
 from codes.archs.swin_blocks import BasicLayer, WindowAttention, compute_shift_mask, shift_mask
+from codes.utils.build import OptionError
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -242,5 +243,7 @@ def test_bsrt_impl_option_and_strict_keys() -> None:
     assert list(a.state_dict()) == list(b.state_dict())
     b.load_state_dict(a.state_dict(), strict=True)
     assert all(m.impl == 'reference' for m in a.modules() if isinstance(m, (WindowAttention, DCNSep)))
-    with pytest.raises(ValueError, match="option 'impl'"):
+    with pytest.raises(OptionError, match=r"option 'network_g\.impl': expected one of \['auto', 'fast', 'reference'\]"):
         build_network(dict(tiny, impl='turbo'))
+    with pytest.raises(ValueError, match="option 'impl'"):
+        BSRT(**{k: v for k, v in tiny.items() if k != 'type'}, impl='turbo')
