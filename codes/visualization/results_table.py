@@ -203,10 +203,11 @@ def _row(result_dir: Path, record: Mapping[str, Any], facts: Mapping[str, Any], 
 
 def _count(net_type: str, options: Mapping[str, Any], macs_fn: Callable[[Mapping[str, Any]], int],
            table: ResultsTable) -> int | None:
-    """MACs of the network, or None with a note when it cannot be built here (a type this installation lacks)."""
+    """MACs of the network, or None with a note when it cannot be built or run here (a type this installation
+    lacks, options this version refuses, an input the network cannot take)."""
     try:
         return int(macs_fn({'type': net_type, **options}))
-    except UserError as exc:
+    except (UserError, ValueError, RuntimeError) as exc:
         note = f'{net_type}: MACs not counted ({str(exc).splitlines()[0]})'
         if note not in table.notes:
             table.notes.append(note)

@@ -132,11 +132,16 @@ def test_markdown_table_of_four_runs(runs, tmp_path, capsys):
     assert f'{n}. Luo et al., "Deep Constrained Least Squares' in text and 'Table 1' in text
 
 
-def test_macs_per_burst_counted_for_burst_networks_only(runs):
-    table = build_table([runs['burstormer'], runs['dcls']])
-    burstormer, dcls = table.rows
+def test_macs_per_burst_counted_for_burst_networks_only(runs, tmp_path):
+    unknown = _synthetic_run(tmp_path, 'unknown', 'SyntheticBurstVal', {'type': 'NoSuchNet'}, 10, 'BurstSRModel',
+                             {'psnr': 30.0}, BURST_METRICS)
+    table = build_table([runs['burstormer'], runs['dcls'], unknown])
+    burstormer, dcls, unknown_row = table.rows
     assert burstormer['text']['gmacs'] == '39.0'  # the README's burst-model table, benchmarks/burst_models.py
     assert dcls['text']['gmacs'] == NONE  # a single-image network: no burst cost
+    # a network this installation cannot build: the cell is empty and a note says why
+    assert unknown_row['text']['gmacs'] == NONE and unknown_row['text']['network'] == 'NoSuchNet (own options)'
+    assert any(n.startswith('NoSuchNet: MACs not counted') for n in table.notes)
 
 
 def test_network_variants():
