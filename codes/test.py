@@ -23,6 +23,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch.nn as nn
+
 from codes.data import build_dataset
 from codes.data.loader import ShardSampler, build_dataloader
 from codes.models import build_model
@@ -115,7 +117,7 @@ def _evaluate_set(model: BaseModel, opt: Options, phase: str, ds_opt: dict, rank
     return res
 
 
-def _run_description(opt: Options, net: Any, dataset_name: str) -> dict[str, Any]:
+def _run_description(opt: Options, net: nn.Module, dataset_name: str) -> dict[str, Any]:
     """What ``metrics.json`` records about the run besides its values: ``model_type``, ``dataset_type``,
     ``network`` (``type``, the other ``network_g`` options and the parameter count) and ``metric_options`` (each
     metric's option block, so a reader knows PSNR from AlignedPSNR); readers that do not know the keys ignore them."""
@@ -128,7 +130,7 @@ def _run_description(opt: Options, net: Any, dataset_name: str) -> dict[str, Any
 
 
 def _write_set_results(opt: Options, name: str, res: dict[str, Any], out_dir: Path, sub_dir: Path | None,
-                       img_dir: Path | None, model_net: Any) -> None:
+                       img_dir: Path | None, model_net: nn.Module) -> None:
     """``metrics.json`` first (nothing after it can lose it), then ``submission.zip`` and the HTML report."""
     record = {'dataset': name, 'checkpoint': opt['path']['pretrain_network_g'],
               'precision': opt['val']['precision'], **res, **_run_description(opt, model_net, name)}
