@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import html
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,10 +181,10 @@ def _row(result_dir: Path, record: Mapping[str, Any], facts: Mapping[str, Any], 
     text['gmacs'] = NONE if values['gmacs'] is None else f"{values['gmacs']:.1f}"
     text['dataset'] = dataset
     ds = dataset_id(dataset)
-    for m in record['mean']:
-        v = _number(record['mean'][m])
-        if m != 'num_samples' and v is not None:
-            values[m], text[m] = v, f'{v:.4f}'
+    for m, raw in record['mean'].items():
+        v = _number(raw)
+        if m != 'num_samples' and v is not None:  # a NaN or infinite mean is shown as such and sorts as missing
+            values[m], text[m] = (v, f'{v:.4f}') if math.isfinite(v) else (None, str(v))
     for c in table.columns:
         if c['kind'] == 'metric' and c['id'] not in values:
             values[c['id']], text[c['id']] = None, NONE

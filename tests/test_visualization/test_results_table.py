@@ -134,7 +134,7 @@ def test_markdown_table_of_four_runs(runs, tmp_path, capsys):
 
 def test_macs_per_burst_counted_for_burst_networks_only(runs, tmp_path):
     unknown = _synthetic_run(tmp_path, 'unknown', 'SyntheticBurstVal', {'type': 'NoSuchNet'}, 10, 'BurstSRModel',
-                             {'psnr': 30.0}, BURST_METRICS)
+                             {'psnr': 30.0, 'ssim': float('nan')}, BURST_METRICS)  # a diverged run's NaN
     table = build_table([runs['burstormer'], runs['dcls'], unknown])
     burstormer, dcls, unknown_row = table.rows
     assert burstormer['text']['gmacs'] == '39.0'  # the README's burst-model table, benchmarks/burst_models.py
@@ -142,6 +142,8 @@ def test_macs_per_burst_counted_for_burst_networks_only(runs, tmp_path):
     # a network this installation cannot build: the cell is empty and a note says why
     assert unknown_row['text']['gmacs'] == NONE and unknown_row['text']['network'] == 'NoSuchNet (own options)'
     assert any(n.startswith('NoSuchNet: MACs not counted') for n in table.notes)
+    assert unknown_row['text']['ssim'] == 'nan' and unknown_row['values']['ssim'] is None
+    assert 'nan' in write_html(table, tmp_path / 'nan.html').read_text()  # still valid JSON in the page
 
 
 def test_network_variants():
