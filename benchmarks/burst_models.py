@@ -6,7 +6,8 @@ Usage (from the repository root)::
                                       [--threads N] [--json OUT.json]
 
 The input is one random packed RGGB burst (1, burst, 4, size, size) in [0, 1] (48: SyntheticBurstVal, output
-384×384). Multiply-accumulates are counted with ``torch.utils.flop_counter.FlopCounterMode`` under no_grad
+384×384). Multiply-accumulates are counted by ``codes.utils.macs.count_macs`` (the counter of
+``python -m codes.scripts.results_table`` too), with ``torch.utils.flop_counter.FlopCounterMode`` under no_grad
 (MACs = FLOPs / 2; it counts matmuls and convolutions, not activations, norms, pooling or interpolation); the
 deformable convolution (``torchvision::deform_conv2d``, which the counter does not know) is counted as the plain
 convolution of the same shape, its bilinear sampling not at all. Forward time: eval mode, no_grad, fp32, one
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -27,10 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python benchmarks/burst_models.py`
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula  # noqa: E402
 
 from benchmarks.train_step import machine_info  # noqa: E402
 from codes.archs import build_network  # noqa: E402
+from codes.utils.macs import count_macs, register_deform_conv_formula  # noqa: E402
 
 MODELS: dict[str, dict] = {
     'BSRT-S': {'type': 'BSRT', 'level': 'S'},
@@ -39,27 +39,6 @@ MODELS: dict[str, dict] = {
     'Burstormer-synthetic': {'type': 'Burstormer', 'track': 'synthetic'},
     'Burstormer-real': {'type': 'Burstormer', 'track': 'real'},
 }
-
-
-def _register_deform_conv_formula() -> None:
-    """Count ``torchvision::deform_conv2d`` as a convolution of the same input, weight and output shapes."""
-    import torchvision  # noqa: F401  (registers the op)
-
-    def formula(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-        cin_per_group, kh, kw = weight_shape[1:]
-        return 2 * math.prod(out_shape) * cin_per_group * kh * kw
-
-    try:
-        register_flop_formula(torch.ops.torchvision.deform_conv2d)(formula)
-    except RuntimeError:  # already registered (a newer torch may know the op)
-        pass
-
-
-def count_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one no_grad forward (FLOPs / 2)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() // 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _register_deform_conv_formula()
+    register_deform_conv_formula()
     torch.manual_seed(0)
     x = torch.rand(1, args.burst, 4, args.size, args.size)
     nets, rows = {}, {}

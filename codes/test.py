@@ -1,7 +1,8 @@
 """Evaluation pipeline: load a checkpoint, score every dataset of the option file, write metrics and images.
 
 For each dataset block ``datasets.<phase>`` it writes, under ``results/<name>/<dataset>/``:
-``metrics.json`` (per-image and mean values, written before anything else of the set); with ``val.save_img``,
+``metrics.json`` (per-image and mean values, and what was run: network type, options and parameter
+count, model, dataset and metric types; written before anything else of the set); with ``val.save_img``,
 ``visualization/<key>.png`` (the prediction in sRGB), ``<key>_input.png``, ``<key>_gt.png``, ``<key>_panel.png``
 (the labelled comparison; for blind SR also ``_ker.png``) and ``index.html``, the report page
 (``codes.visualization.report``); and, for models that write them, ``submission/*.png`` plus ``submission.zip``
@@ -21,6 +22,8 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+
+import torch.nn as nn
 
 from codes.data import build_dataset
 from codes.data.loader import ShardSampler, build_dataloader
@@ -110,15 +113,27 @@ def _evaluate_set(model: BaseModel, opt: Options, phase: str, ds_opt: dict, rank
         return None
     dist_utils.barrier()
     if rank == 0:
-        _write_set_results(opt, ds_opt['name'], res, out_dir, sub_dir, img_dir)
+        _write_set_results(opt, ds_opt['name'], res, out_dir, sub_dir, img_dir, model.bare_net)
     return res
 
 
+def _run_description(opt: Options, net: nn.Module, dataset_name: str) -> dict[str, Any]:
+    """What ``metrics.json`` records about the run besides its values: ``model_type``, ``dataset_type``,
+    ``network`` (``type``, the other ``network_g`` options and the parameter count) and ``metric_options`` (each
+    metric's option block, so a reader knows PSNR from AlignedPSNR); readers that do not know the keys ignore them."""
+    net_opt = {k: v for k, v in opt['network_g'].items() if k != 'type'}
+    ds_type = next((d.get('type') for d in opt['datasets'].values() if d.get('name') == dataset_name), None)
+    return {'model_type': opt['model_type'], 'dataset_type': ds_type,
+            'network': {'type': opt['network_g']['type'], 'options': net_opt,
+                        'parameters': sum(p.numel() for p in net.parameters())},
+            'metric_options': {k: dict(v) for k, v in (opt['val'].get('metrics') or {}).items()}}
+
+
 def _write_set_results(opt: Options, name: str, res: dict[str, Any], out_dir: Path, sub_dir: Path | None,
-                       img_dir: Path | None) -> None:
+                       img_dir: Path | None, model_net: nn.Module) -> None:
     """``metrics.json`` first (nothing after it can lose it), then ``submission.zip`` and the HTML report."""
     record = {'dataset': name, 'checkpoint': opt['path']['pretrain_network_g'],
-              'precision': opt['val']['precision'], **res}
+              'precision': opt['val']['precision'], **res, **_run_description(opt, model_net, name)}
     (out_dir / 'metrics.json').write_text(json.dumps(record, indent=2))
     if sub_dir is not None:
         with zipfile.ZipFile(out_dir / 'submission.zip', 'w') as zf:

@@ -21,7 +21,8 @@ import cv2
 
 from codes.utils.errors import UserError
 
-__all__ = ['write_report', 'write_comparison', 'load_results', 'THUMB_SIZE', 'ReportError']
+__all__ = ['write_report', 'write_comparison', 'load_results', 'THUMB_SIZE', 'ReportError', 'TABLE_CSS',
+           'SORT_JS']
 
 #: Longer side of a thumbnail, in pixels.
 THUMB_SIZE = 128
@@ -237,8 +238,47 @@ def _page(title: str, summary_rows: str, columns: list[dict], rows: list[dict], 
           default_sort: str | None) -> str:
     data = {'columns': columns, 'rows': rows, 'panes': panes, 'sort': default_sort}
     payload = json.dumps(data, allow_nan=False).replace('</', '<\\/')
-    return (_TEMPLATE.replace('%TITLE%', html.escape(title)).replace('%SUMMARY%', summary_rows)
+    return (_TEMPLATE.replace('%TABLE_CSS%', TABLE_CSS).replace('%SORT_JS%', SORT_JS)
+            .replace('%TITLE%', html.escape(title)).replace('%SUMMARY%', summary_rows)
             .replace('%DATA%', payload).replace('%COUNT%', str(len(rows))))
+
+
+#: CSS of the sortable ``#results`` table, shared by every page of the toolkit (reports, comparisons, the results
+#: table of ``codes.visualization.results_table``).
+TABLE_CSS = r'''#results th { position: sticky; top: 0; background: #eceff1; cursor: pointer; user-select: none;
+  padding: 6px 8px; text-align: right; white-space: nowrap; border-bottom: 1px solid #b0bec5; }
+#results th.key, #results td.key { text-align: left; }
+#results th.sorted-asc::after { content: " \25B2"; } #results th.sorted-desc::after { content: " \25BC"; }
+#results th.baseline, #results td.baseline { color: #777; }
+#results td { padding: 3px 8px; text-align: right; border-bottom: 1px solid #eee; font-variant-numeric: tabular-nums; }
+#results tr.row { cursor: pointer; }
+#results tr.row:hover, #results tr.row:focus { background: #e3f2fd; outline: none; }
+#results td.thumb { width: 72px; padding: 2px; }
+#results td.thumb img { max-width: 64px; max-height: 64px; display: block; }
+td.pos { color: #2e7d32; } td.neg { color: #c62828; }'''
+
+#: JavaScript of the sortable tables: ``compareRows(rows, a, b, col, dir)`` orders row indices ``a`` and ``b`` by
+#: column ``col`` (``'#'``: the original order, ``'key'``: the row's name, otherwise ``rows[i].values[col]``,
+#: numbers or text; missing values last whatever the direction); ``markSorted(head, col, dir)`` marks the header.
+SORT_JS = r'''function compareRows(rows, a, b, col, dir) {
+  if (col === '#') return dir * (a - b);
+  var ra = rows[a], rb = rows[b];
+  if (col === 'key') return dir * ra.key.localeCompare(rb.key, undefined, {numeric: true});
+  var va = ra.values[col], vb = rb.values[col];
+  var na = va === null || va === undefined, nb = vb === null || vb === undefined;
+  if (na || nb) return na === nb ? a - b : (na ? 1 : -1);  // missing values last
+  if (typeof va === 'string' || typeof vb === 'string') {
+    var c = String(va).localeCompare(String(vb), undefined, {numeric: true});
+    return c === 0 ? a - b : dir * c;
+  }
+  return va === vb ? a - b : dir * (va - vb);
+}
+function markSorted(head, col, dir) {
+  Array.prototype.forEach.call(head.querySelectorAll('th'), function (e) {
+    e.classList.remove('sorted-asc', 'sorted-desc');
+    if (e.dataset.col === col) e.classList.add(dir > 0 ? 'sorted-asc' : 'sorted-desc');
+  });
+}'''
 
 
 _TEMPLATE = r'''<!DOCTYPE html>
@@ -258,17 +298,7 @@ table { border-collapse: collapse; }
 #controls { margin: 12px 0 8px; }
 #filter { padding: 4px 6px; width: 16em; }
 #results { width: 100%; background: #fff; }
-#results th { position: sticky; top: 0; background: #eceff1; cursor: pointer; user-select: none;
-  padding: 6px 8px; text-align: right; white-space: nowrap; border-bottom: 1px solid #b0bec5; }
-#results th.key, #results td.key { text-align: left; }
-#results th.sorted-asc::after { content: " \25B2"; } #results th.sorted-desc::after { content: " \25BC"; }
-#results th.baseline, #results td.baseline { color: #777; }
-#results td { padding: 3px 8px; text-align: right; border-bottom: 1px solid #eee; font-variant-numeric: tabular-nums; }
-#results tr.row { cursor: pointer; }
-#results tr.row:hover, #results tr.row:focus { background: #e3f2fd; outline: none; }
-#results td.thumb { width: 72px; padding: 2px; }
-#results td.thumb img { max-width: 64px; max-height: 64px; display: block; }
-td.pos { color: #2e7d32; } td.neg { color: #c62828; }
+%TABLE_CSS%
 #viewer { position: fixed; inset: 0; background: #111; color: #eee; display: flex; flex-direction: column;
   z-index: 10; }
 #viewer[hidden] { display: none; }
@@ -303,6 +333,7 @@ td.pos { color: #2e7d32; } td.neg { color: #c62828; }
 </div>
 <script type="application/json" id="data">%DATA%</script>
 <script>
+%SORT_JS%
 (function () {
   'use strict';
   var D = JSON.parse(document.getElementById('data').textContent);
@@ -350,19 +381,8 @@ td.pos { color: #2e7d32; } td.neg { color: #c62828; }
   }
   function sortBy(col, dir) {
     sortCol = col; sortDir = dir;
-    order.sort(function (a, b) {
-      var ra = D.rows[a], rb = D.rows[b];
-      if (col === '#') return dir * (a - b);
-      if (col === 'key') return dir * ra.key.localeCompare(rb.key, undefined, {numeric: true});
-      var va = ra.values[col], vb = rb.values[col];
-      var na = va === null || va === undefined, nb = vb === null || vb === undefined;
-      if (na || nb) return na === nb ? a - b : (na ? 1 : -1);  // missing values last
-      return va === vb ? a - b : dir * (va - vb);
-    });
-    Array.prototype.forEach.call(head.children, function (e) {
-      e.classList.remove('sorted-asc', 'sorted-desc');
-      if (e.dataset.col === col) e.classList.add(dir > 0 ? 'sorted-asc' : 'sorted-desc');
-    });
+    order.sort(function (a, b) { return compareRows(D.rows, a, b, col, dir); });
+    markSorted(head, col, dir);
     render();
   }
   head.addEventListener('click', function (e) {
