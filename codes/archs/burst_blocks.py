@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from codes.archs.arch_util import DCNSep
 
-__all__ = ['up2', 'icnr_', 'Frames', 'WNConv2d', 'WideActResBlock', 'LRSCWideActResBlock', 'LRSCWideActResGroup', 'BoundedDCNSep',
-           'PCDAlign', 'BurstHeadMixin']
+__all__ = ['up2', 'icnr_', 'Frames', 'WNConv2d', 'WideActResBlock', 'LRSCWideActResBlock', 'LRSCWideActResGroup',
+           'BoundedDCNSep', 'PCDAlign', 'BurstHeadMixin']
 
 Act = Callable[[torch.Tensor], torch.Tensor]
 

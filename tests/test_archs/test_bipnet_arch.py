@@ -88,6 +88,10 @@ def test_option_and_input_errors() -> None:
         build_network({'type': 'BIPNet', 'track': 'Real'})
     with pytest.raises(ValueError, match="'burst_size'.*14 frames.*got 8"):
         BIPNet(burst_size=8)
+    ref = build_network({'type': 'BIPNet', 'track': 'real', 'impl': 'reference', **TINY})
+    dcns = [m for m in ref.modules() if isinstance(m, GroupedDeformConv)]
+    assert len(dcns) == 4 and all(m.impl == 'reference' for m in dcns)
+    assert all(m.impl == 'fast' for m in ref.set_impl('fast').modules() if isinstance(m, GroupedDeformConv))
     model = tiny()
     with pytest.raises(InputError, match='bursts of 14 frames.*got 8'):
         model(torch.rand(1, 8, 4, 8, 8))
