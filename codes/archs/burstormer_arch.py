@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from codes.archs.arch_util import GroupedDeformConv, _fp32, _no_autocast, dcn_offset_mask
 from codes.archs.burst_blocks import Frames
+from codes.utils.checkpoint import CheckpointLayoutError, unwrap_checkpoint
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['Burstormer', 'BURSTORMER_TRACKS', 'convert_burstormer_checkpoint', 'burstormer_track_of']
@@ -360,29 +361,12 @@ def convert_burstormer_checkpoint(ckpt: Any, source: str = 'checkpoint',
 
     Accepts the synthetic-track Lightning ``.ckpt`` (``{'state_dict': ..., 'epoch': ..., ...}``), the real-track
     ``{'epoch', 'model_state_dict', 'optimizer_state_dict'}`` file, our ``{'params'|'params_ema': ...}``
-    (``param_key`` first) and a bare state_dict; strips ``module.`` / ``model.`` prefixes. Raises ``ValueError``
-    naming ``source`` and what was found when it is none of these. Note: the released synthetic ``.ckpt`` holds the
-    *real* layout (load it with ``track: real``).
+    (``param_key`` first) and a bare state_dict; strips ``module.`` / ``model.`` prefixes. Raises
+    ``CheckpointLayoutError`` (a one-line user error, also a ``ValueError``) naming ``source`` and what was found
+    when it is none of these. Note: the released synthetic ``.ckpt`` holds the *real* layout (``track: real``).
     """
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f'{source}: expected a dict, found a {type(ckpt).__name__}')
-    sd = ckpt
-    for key in (param_key, 'params', 'params_ema', 'model_state_dict', 'state_dict'):
-        if isinstance(ckpt.get(key), Mapping):
-            sd = ckpt[key]
-            break
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            raise ValueError(f"{source}: not a Burstormer checkpoint: entry {k!r} is a {type(v).__name__}, not a "
-                             f"tensor; expected a bare state_dict or one under 'state_dict' (Lightning .ckpt), "
-                             f"'model_state_dict' (real-track file) or 'params'/'params_ema'; found top-level keys "
-                             f'{list(ckpt)[:8]}')
-        for prefix in ('module.', 'model.'):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
+    out = unwrap_checkpoint(ckpt, 'Burstormer', source, param_key)
     if 'conv1.0.weight' not in out or not any(k.startswith('align.alignment0.') for k in out):
-        raise ValueError(f'{source}: not a Burstormer state_dict (no conv1.0.weight / align.alignment0.*); first '
-                         f'keys {list(out)[:4]}')
+        raise CheckpointLayoutError(f'{source}: not a Burstormer state_dict (no conv1.0.weight / '
+                                    f'align.alignment0.*); first keys {list(out)[:4]}')
     return out

@@ -473,3 +473,30 @@ def test_published_size_matches_the_original() -> None:
         ref = original_forward(model.state_dict(), x, 3, 3, (2, 2, 1, 2, 2), 2)
     assert ours.shape == (1, 3, 32, 32)
     assert (ours - ref).norm() / ref.norm() < 1e-5
+
+
+class _LightningBookkeeping:
+    """Stands for an object in a Lightning checkpoint's bookkeeping that the safe loader refuses."""
+
+    def __init__(self) -> None:
+        self.monitor = 'val_psnr'
+
+
+def test_convert_script_takes_both_released_layouts(tmp_path: Path) -> None:
+    from codes.scripts.convert_burstormer_checkpoint import convert_file
+    net = tiny()
+    want = {'type': 'BIPNet', 'num_blocks': 1, 'num_units': 1, 'unet_blocks': [1, 1, 1, 1, 1], 'unet_units': 1}
+    ckpt = tmp_path / 'BIPNet.ckpt'
+    torch.save({'epoch': 299, 'state_dict': net.state_dict(), 'callbacks': {'x': _LightningBookkeeping()}}, ckpt)
+    with pytest.raises(CheckpointError, match=r'BIPNet\.ckpt: the safe loader .*--trust'):
+        convert_file(ckpt, tmp_path / 'out.pth')
+    assert convert_file(ckpt, tmp_path / 'out.pth', trust=True) == want
+    pth = tmp_path / 'BIPNet.pth'
+    torch.save({'epoch': 24, 'model_state_dict': net.state_dict(), 'optimizer_state_dict': {}}, pth)
+    assert convert_file(pth, tmp_path / 'out2.pth') == want
+    other = tiny(seed=1)
+    load_network(other, tmp_path / 'out2.pth', strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), net.state_dict().values()))
+    from codes.utils.checkpoint import CheckpointLayoutError
+    from codes.utils.errors import UserError
+    assert issubclass(CheckpointLayoutError, UserError) and issubclass(CheckpointLayoutError, ValueError)
