@@ -298,10 +298,10 @@ class BIPNet(nn.Module):
         p = g.view(b, n, nf, h, w).transpose(1, 2).reshape(b * nf, n, h, w)
         m = self.UNet(self.conv2(p))  # (B·64, F, h, w)
         # AGU: consecutive groups of 4 pseudo-bursts within each burst, 64 -> 16 -> 4 -> 1 per burst
-        g = _AGU_MEMBERS
-        z = self.SKFF1(m.view(b * nf // g, g, nf, h, w))  # (B·16, F, 2h, 2w)
-        z = self.SKFF2(z.view(b * nf // g**2, g, nf, 2 * h, 2 * w))  # (B·4, F, 4h, 4w)
-        z = self.SKFF3(z.view(b, g, nf, 4 * h, 4 * w))  # (B, F, 8h, 8w)
+        k = _AGU_MEMBERS
+        z = self.SKFF1(m.view(b * nf // k, k, nf, h, w))  # (B·16, F, 2h, 2w)
+        z = self.SKFF2(z.view(b * nf // k**2, k, nf, 2 * h, 2 * w))  # (B·4, F, 4h, 4w)
+        z = self.SKFF3(z.view(b, k, nf, 4 * h, 4 * w))  # (B, F, 8h, 8w)
         return self.conv3(z)
 
 
