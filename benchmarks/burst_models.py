@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/burst_models.py [--models BSRT-S BSRT-L EBSR Burstormer-synthetic Burstormer-real] [--burst 14] [--size 48] [--repeats 3]
+    python benchmarks/burst_models.py [--models BSRT-S BSRT-L EBSR Burstormer-synthetic Burstormer-real BIPNet]
+                                      [--burst 14] [--size 48] [--repeats 3]
                                       [--threads N] [--json OUT.json]
 
 The input is one random packed RGGB burst (1, burst, 4, size, size) in [0, 1] (48: SyntheticBurstVal, output
@@ -38,6 +39,7 @@ MODELS: dict[str, dict] = {
     'EBSR': {'type': 'EBSR'},
     'Burstormer-synthetic': {'type': 'Burstormer', 'track': 'synthetic'},
     'Burstormer-real': {'type': 'Burstormer', 'track': 'real'},
+    'BIPNet': {'type': 'BIPNet'},  # takes only --burst 14 (one pseudo-burst kernel per frame)
 }
 
 

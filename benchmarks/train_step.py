@@ -9,7 +9,8 @@ Usage (from the repository root)::
 
 ``--arch`` builds any registered network by its type name (``network_g.type``); ``--levels`` is passed as its
 ``level`` argument when it has one (BSRT: S and L), ``--net KEY=VALUE`` adds constructor arguments (YAML values),
-and ``burst_size`` is set from ``--burst`` when the network takes it. ``--patch`` is the HR (output) size, as
+and ``burst_size`` is set from ``--burst`` when the network takes it (BIPNet takes only 14:
+``--arch BIPNet --precisions fp32 --batch 1 --patch 64``). ``--patch`` is the HR (output) size, as
 BSRT's ``--patch_size`` on synthetic data: the input is a random (batch, burst, 4, patch/8, patch/8) packed RGGB
 burst in [0, 1], the target a random image of the output's shape. bf16/fp16 run the forward under
 ``torch.autocast``; the loss is computed in float32 outside it; fp16 on CUDA adds a ``torch.amp.GradScaler``.

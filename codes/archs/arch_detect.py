@@ -34,6 +34,11 @@ def _is_burstormer(sd: Mapping[str, torch.Tensor]) -> bool:
     return 'conv1.0.weight' in sd and 'out_conv.0.weight' in sd and any(k.startswith('align.alignment0.') for k in sd)
 
 
+def _is_bipnet(sd: Mapping[str, torch.Tensor]) -> bool:
+    from codes.archs.bipnet_arch import is_bipnet_state_dict
+    return is_bipnet_state_dict(sd)
+
+
 def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
     rx = re.compile(pattern)
     found = {int(m.group(1)) for k in sd for m in [rx.match(k)] if m}
@@ -115,6 +120,19 @@ def _burstormer_options(sd: Mapping[str, torch.Tensor]) -> dict:
     return {'type': 'Burstormer', 'track': track, 'num_features': nf, 'deformable_groups': groups}
 
 
+def _bipnet_options(sd: Mapping[str, torch.Tensor]) -> dict:
+    """BIPNet block counts from the keys (width and burst size are fixed; the published counts are the defaults)."""
+    units = _count(sd, r'encoder\.0\.module\.(\d+)\.') - 1  # RGCA units, then the block's conv
+    stages = ('feat_ext1', 'feat_ext2', 'feat_ext3', 'feat_ext5', 'feat_ext6')
+    counts = {'num_blocks': _count(sd, r'encoder\.(\d+)\.'), 'num_units': units,
+              'unet_blocks': [_count(sd, rf'UNet\.0\.{s}\.(\d+)\.') for s in stages],
+              'unet_units': _count(sd, r'UNet\.0\.feat_ext1\.0\.module\.(\d+)\.') - 1}
+    published = {'num_blocks': 3, 'num_units': 3, 'unet_blocks': [2, 2, 1, 2, 2], 'unet_units': 2}
+    if _count(sd, r'feat_ext1\.(\d+)\.') != counts['num_blocks'] or int(sd['conv2.0.weight'].shape[1]) != 14:
+        raise KeyError('encoder and feat_ext1 block counts differ, or conv2.0.weight is not for 14 frames')
+    return {'type': 'BIPNet', **{k: v for k, v in counts.items() if v != published[k]}}
+
+
 #: family -> (recogniser, options reader or None when the family has no reader yet).
 FAMILIES: dict[str, tuple[Callable[[Mapping[str, torch.Tensor]], bool],
                           Callable[[Mapping[str, torch.Tensor]], dict] | None]] = {
@@ -122,11 +140,12 @@ FAMILIES: dict[str, tuple[Callable[[Mapping[str, torch.Tensor]], bool],
     'EBSR': (_is_ebsr, _ebsr_options),
     'DCLS': (_is_dcls, _dcls_options),
     'Burstormer': (_is_burstormer, _burstormer_options),
+    'BIPNet': (_is_bipnet, _bipnet_options),
 }
 
 
 def detect_family(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """'BSRT', 'EBSR', 'DCLS', 'Burstormer' or None, from the key names of a bare state_dict."""
+    """'BSRT', 'EBSR', 'DCLS', 'Burstormer', 'BIPNet' or None, from the key names of a bare state_dict."""
     for name, (recognise, _) in FAMILIES.items():
         if recognise(sd):
             return name

@@ -4,6 +4,9 @@
   so the official weights load unchanged, and have two implementations of the same operator (``impl``):
   ``torchvision.ops.deform_conv2d`` ('reference', the test oracle) and bilinear sampling of the taps with
   ``grid_sample`` followed by one matrix product ('fast', the default).
+* ``GroupedDeformConv`` is torchvision's ``DeformConv2d`` layout (grouped weight, bias) through the same operator,
+  for the networks of Dudhane et al. (Burstormer, BIPNet), whose offsets and mask come from a bias-free conv
+  (:func:`dcn_offset_mask`).
 * ``SpyNet`` follows Ranjan & Black (CVPR 2017), in the BasicSR/VRT layout,, so the Sintel-final
   weight file ``spynet_sintel_final-3d2a1287.pth`` loads with :func:`load_spynet_weights`. Nothing is downloaded.
 
@@ -26,8 +29,8 @@ from torchvision.ops import deform_conv2d
 from codes.utils.checkpoint import load_state_dict_strict
 
 __all__ = [
-    'Impl', 'IMPLS', 'resolve_impl', 'flow_warp', 'modulated_deform_conv2d', 'FlowGuidedDCN', 'DCNSep', 'SpyNet',
-    'load_spynet_weights'
+    'Impl', 'IMPLS', 'resolve_impl', 'flow_warp', 'modulated_deform_conv2d', 'dcn_offset_mask', 'FlowGuidedDCN',
+    'DCNSep', 'GroupedDeformConv', 'SpyNet', 'load_spynet_weights'
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -305,6 +308,58 @@ class FlowGuidedDCN(_ModulatedDCN):
             offset = (offset.view(b, c2 // 2, 2, h, w) + flow.unsqueeze(1)).view(b, c2, h, w)
             out = self._deform(_fp32(x), offset, torch.sigmoid(m))
         return out.to(dtype)
+
+
+def dcn_offset_mask(feat: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets and mask of a modulated DCN from a bias-free 3x3 conv (``offset_conv`` of Burstormer and BIPNet).
+
+    The conv output (B, 3·G·k², H, W) is cut into three equal chunks (o1, o2, m): offset = cat[o1, o2] (unbounded),
+    mask = sigmoid(m). Computed in float32 with autocast off (float64 stays float64).
+    """
+    with _no_autocast(feat.device):
+        feat = _fp32(feat)
+        o1, o2, m = F.conv2d(feat, weight.to(feat.dtype), None, 1, 1).chunk(3, dim=1)
+        return torch.cat((o1, o2), dim=1), torch.sigmoid(m)
+
+
+class GroupedDeformConv(nn.Module):
+    """torchvision's ``DeformConv2d(c, c, k, padding=dilation·(k−1)/2, dilation, groups=g)``: a *grouped* weight
+    (c, c/g, k, k) and bias, modulated by a mask; g offset groups (the same channels as the conv groups), through
+    :func:`modulated_deform_conv2d` (float32, autocast off). State_dict keys ``weight``, ``bias`` as torchvision's.
+
+    Burstormer uses dilation 2 (padding 2), BIPNet dilation 1 (padding 1); both 8 groups.
+    ``impl`` ('auto', 'fast', 'reference') is an attribute, so it can be switched on a built model.
+    """
+
+    def __init__(self, channels: int, groups: int = 8, kernel_size: int = 3, dilation: int = 2,
+                 impl: Impl = 'auto') -> None:
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f'channels ({channels}) must be divisible by the deformable groups ({groups})')
+        resolve_impl(impl, 'cpu')
+        self.impl = impl
+        self.groups = groups
+        self.dilation = dilation
+        self.padding = dilation * (kernel_size - 1) // 2
+        self.weight = nn.Parameter(torch.empty(channels, channels // groups, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torchvision's init: kaiming_uniform(a=√5) weight, bias U(±1/√fan_in) with fan_in = (c/g)·k²."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(self.weight[0].numel())
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, c, H, W); offset (B, 2·g·k², H, W) in the DCNv2 layout (Δy, Δx per tap); mask (B, g·k², H, W)."""
+        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, stride=1, padding=self.padding,
+                                       dilation=self.dilation, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        c, cg, k, _ = self.weight.shape
+        return (f'{c}, {c}, kernel_size={k}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}, '
+                f'impl={self.impl}')
 
 
 # ----------------------------------------------------------------------------------------------------- SpyNet

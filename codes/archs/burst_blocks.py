@@ -1,6 +1,6 @@
-"""Building blocks shared by the burst networks (BSRT, EBSR): weight-normalised convs, wide-activation residual
-blocks, the flow-free pyramid/cascading/deformable (PCD) alignment, and the feature pyramid and ×4 skip/upsampling
-head that BSRT kept from EBSR.
+"""Building blocks shared by the burst networks (BSRT, EBSR, Burstormer, BIPNet): the frame-stacked batch layout
+(``Frames``), weight-normalised convs, wide-activation residual blocks, the flow-free pyramid/cascading/deformable
+(PCD) alignment, and the feature pyramid and ×4 skip/upsampling head that BSRT kept from EBSR.
 
 * ``WNConv2d``: weight normalisation (Salimans & Kingma, NeurIPS 2016) with the parameters ``weight_g`` and
   ``weight_v`` of ``torch.nn.utils.weight_norm``, so checkpoints of networks built with that wrapper load unchanged.
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from codes.archs.arch_util import DCNSep
 
-__all__ = ['up2', 'icnr_', 'WNConv2d', 'WideActResBlock', 'LRSCWideActResBlock', 'LRSCWideActResGroup', 'BoundedDCNSep',
-           'PCDAlign', 'BurstHeadMixin']
+__all__ = ['up2', 'icnr_', 'Frames', 'WNConv2d', 'WideActResBlock', 'LRSCWideActResBlock', 'LRSCWideActResGroup',
+           'BoundedDCNSep', 'PCDAlign', 'BurstHeadMixin']
 
 Act = Callable[[torch.Tensor], torch.Tensor]
 
@@ -31,6 +31,35 @@ Act = Callable[[torch.Tensor], torch.Tensor]
 def up2(x: torch.Tensor) -> torch.Tensor:
     """Bilinear ×2, align_corners=False."""
     return F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
+
+
+# ----------------------------------------------------------------------------------------------------- frames
+class Frames:
+    """Helpers for the frame-stacked layout (B·n, C, H, W) of ``b`` bursts of ``n`` frames each (burst-major), the
+    batched form of the frame-as-batch-axis forwards of Burstormer and BIPNet (which process one burst)."""
+
+    @staticmethod
+    def ref(t: torch.Tensor, b: int) -> torch.Tensor:
+        """Frame 0 of each burst repeated over that burst's frames (``rep0``)."""
+        v = t.view(b, -1, *t.shape[1:])
+        return v[:, :1].expand_as(v).reshape(t.shape)
+
+    @staticmethod
+    def keep_ref(y: torch.Tensor, x: torch.Tensor, b: int) -> torch.Tensor:
+        """``y`` with frame 0 of every burst replaced by that of ``x`` (the original's in-place ``y[0] = x[0]``)."""
+        vy, vx = y.view(b, -1, *y.shape[1:]), x.view(b, -1, *x.shape[1:])
+        return torch.cat((vx[:, :1], vy[:, 1:]), dim=1).reshape(y.shape)
+
+    @staticmethod
+    def pairs(t: torch.Tensor) -> torch.Tensor:
+        """(b·n, C, H, W) -> (b·n/2, 2C, H, W), n even: item k of a burst = cat[frame 2k, frame 2k + 1]."""
+        return t.reshape(t.shape[0] // 2, 2 * t.shape[1], *t.shape[2:])
+
+    @staticmethod
+    def roll(t: torch.Tensor, b: int) -> torch.Tensor:
+        """Frames rolled by +1 within each burst: out[k] = t[(k − 1) mod n]."""
+        v = t.view(b, -1, *t.shape[1:])
+        return torch.roll(v, 1, dims=1).reshape(t.shape)
 
 
 # ----------------------------------------------------------------------------------------------------- weight norm

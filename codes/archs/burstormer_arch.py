@@ -23,7 +23,6 @@ deformable conv compute in float32 with autocast off; the other convs follow aut
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from codes.archs.arch_util import _fp32, _no_autocast, modulated_deform_conv2d
+from codes.archs.arch_util import GroupedDeformConv, _fp32, _no_autocast, dcn_offset_mask
+from codes.archs.burst_blocks import Frames
+from codes.utils.checkpoint import CheckpointLayoutError, unwrap_checkpoint
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['Burstormer', 'BURSTORMER_TRACKS', 'convert_burstormer_checkpoint', 'burstormer_track_of']
@@ -52,34 +53,6 @@ def _conv_gelu(cin: int, cout: int, bias: bool) -> nn.Sequential:
 
 def _f32_weight(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
-
-
-# ----------------------------------------------------------------------------------------------------- frames
-class _Frames:
-    """Helpers for the frame-stacked layout (B·n, C, H, W) of ``b`` bursts of ``n`` frames each."""
-
-    @staticmethod
-    def ref(t: torch.Tensor, b: int) -> torch.Tensor:
-        """Frame 0 of each burst repeated over that burst's frames (``rep0``)."""
-        v = t.view(b, -1, *t.shape[1:])
-        return v[:, :1].expand_as(v).reshape(t.shape)
-
-    @staticmethod
-    def keep_ref(y: torch.Tensor, x: torch.Tensor, b: int) -> torch.Tensor:
-        """``y`` with frame 0 of every burst replaced by that of ``x`` (the original's in-place ``y[0] = x[0]``)."""
-        vy, vx = y.view(b, -1, *y.shape[1:]), x.view(b, -1, *x.shape[1:])
-        return torch.cat((vx[:, :1], vy[:, 1:]), dim=1).reshape(y.shape)
-
-    @staticmethod
-    def pairs(t: torch.Tensor) -> torch.Tensor:
-        """(b·n, C, H, W) -> (b·n/2, 2C, H, W), n even: item k of a burst = cat[frame 2k, frame 2k + 1]."""
-        return t.reshape(t.shape[0] // 2, 2 * t.shape[1], *t.shape[2:])
-
-    @staticmethod
-    def roll(t: torch.Tensor, b: int) -> torch.Tensor:
-        """Frames rolled by +1 within each burst: out[k] = t[(k − 1) mod n]."""
-        v = t.view(b, -1, *t.shape[1:])
-        return torch.roll(v, 1, dims=1).reshape(t.shape)
 
 
 # ----------------------------------------------------------------------------------------------------- Restormer
@@ -162,38 +135,6 @@ def _blocks(dim: int, num_heads: int = 1, n: int = 2) -> nn.Sequential:
 
 
 # ----------------------------------------------------------------------------------------------------- alignment
-class GroupedDeformConv(nn.Module):
-    """torchvision's ``DeformConv2d(c, c, 3, padding=2, dilation=2, groups=g)``: a *grouped* weight (c, c/g, 3, 3)
-    and bias, modulated by a mask; g offset groups (the same channels as the conv groups), through the shared
-    ``modulated_deform_conv2d`` (float32, autocast off)."""
-
-    def __init__(self, channels: int, groups: int = 8, kernel_size: int = 3, dilation: int = 2) -> None:
-        super().__init__()
-        if channels % groups:
-            raise ValueError(f'channels ({channels}) must be divisible by the deformable groups ({groups})')
-        self.groups = groups
-        self.dilation = dilation
-        self.padding = dilation * (kernel_size - 1) // 2
-        self.weight = nn.Parameter(torch.empty(channels, channels // groups, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(channels))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """torchvision's init: kaiming_uniform(a=√5) weight, bias U(±1/√fan_in) with fan_in = (c/g)·k²."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        bound = 1 / math.sqrt(self.weight[0].numel())
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, c, H, W); offset (B, 2·g·k², H, W) in the DCNv2 layout (Δy, Δx per tap); mask (B, g·k², H, W)."""
-        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, stride=1, padding=self.padding,
-                                       dilation=self.dilation)
-
-    def extra_repr(self) -> str:
-        c, cg, k, _ = self.weight.shape
-        return f'{c}, {c}, kernel_size={k}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}'
-
-
 class RefBackProjection(nn.Module):
     """Reference-based back-projection after each alignment (``ref_back_projection``).
 
@@ -212,9 +153,9 @@ class RefBackProjection(nn.Module):
     def forward(self, y: torch.Tensor, b: int) -> torch.Tensor:
         if self.track == 'synthetic':
             e = self.encoder1(y)
-            u = torch.cat((_Frames.ref(e, b), e), dim=1)
+            u = torch.cat((Frames.ref(e, b), e), dim=1)
         else:
-            u = self.encoder1(torch.cat((_Frames.ref(y, b), y), dim=1))
+            u = self.encoder1(torch.cat((Frames.ref(y, b), y), dim=1))
         fu = self.feat_fusion(u)
         return fu + self.diff_fusion(self.feat_expand(fu) - u)
 
@@ -239,20 +180,16 @@ class AlignmentStage(nn.Module):
 
     def offsets(self, of: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(offset, mask) from the offset features, in float32 with autocast off."""
-        with _no_autocast(of.device):
-            of = _fp32(of)
-            w = _f32_weight(self.offset_conv.weight, of.dtype)
-            o1, o2, m = F.conv2d(of, w, None, 1, 1).chunk(3, dim=1)
-            return torch.cat((o1, o2), dim=1), torch.sigmoid(m)
+        return dcn_offset_mask(of, self.offset_conv.weight)
 
     def forward(self, x: torch.Tensor, b: int, prev: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        of = self.bottleneck(torch.cat((_Frames.ref(x, b), x), dim=1))
+        of = self.bottleneck(torch.cat((Frames.ref(x, b), x), dim=1))
         if prev is not None:
             of = self.bottleneck_o(torch.cat((prev.to(of.dtype), of), dim=1))
         offset, mask = self.offsets(of)
         y = self.deform(x, offset, mask)
-        y = _Frames.keep_ref(y, x, b)
+        y = Frames.keep_ref(y, x, b)
         return self.back_projection(y, b), of
 
 
@@ -319,11 +256,11 @@ class NoRefBackProjection(nn.Module):
     def forward(self, z: torch.Tensor, b: int) -> torch.Tensor:
         """z: (b·n, F, H, W) with n even."""
         if self.track == 'synthetic':
-            e = self.encoder1(_Frames.pairs(z))
+            e = self.encoder1(Frames.pairs(z))
             return 2 * e - self.feat_expand(self.feat_fusion(e))
         n = z.shape[0] // b
-        u = torch.cat((_Frames.pairs(z).view(b, n // 2, -1, *z.shape[2:]),
-                       _Frames.pairs(_Frames.roll(z, b)).view(b, n // 2, -1, *z.shape[2:])), dim=1)
+        u = torch.cat((Frames.pairs(z).view(b, n // 2, -1, *z.shape[2:]),
+                       Frames.pairs(Frames.roll(z, b)).view(b, n // 2, -1, *z.shape[2:])), dim=1)
         e = self.encoder1(u.reshape(b * n, 2 * z.shape[1], *z.shape[2:]))
         fu = self.feat_fusion(e)
         return fu + self.diff_fusion(e - self.feat_expand(fu))
@@ -424,29 +361,12 @@ def convert_burstormer_checkpoint(ckpt: Any, source: str = 'checkpoint',
 
     Accepts the synthetic-track Lightning ``.ckpt`` (``{'state_dict': ..., 'epoch': ..., ...}``), the real-track
     ``{'epoch', 'model_state_dict', 'optimizer_state_dict'}`` file, our ``{'params'|'params_ema': ...}``
-    (``param_key`` first) and a bare state_dict; strips ``module.`` / ``model.`` prefixes. Raises ``ValueError``
-    naming ``source`` and what was found when it is none of these. Note: the released synthetic ``.ckpt`` holds the
-    *real* layout (load it with ``track: real``).
+    (``param_key`` first) and a bare state_dict; strips ``module.`` / ``model.`` prefixes. Raises
+    ``CheckpointLayoutError`` (a one-line user error, also a ``ValueError``) naming ``source`` and what was found
+    when it is none of these. Note: the released synthetic ``.ckpt`` holds the *real* layout (``track: real``).
     """
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f'{source}: expected a dict, found a {type(ckpt).__name__}')
-    sd = ckpt
-    for key in (param_key, 'params', 'params_ema', 'model_state_dict', 'state_dict'):
-        if isinstance(ckpt.get(key), Mapping):
-            sd = ckpt[key]
-            break
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            raise ValueError(f"{source}: not a Burstormer checkpoint: entry {k!r} is a {type(v).__name__}, not a "
-                             f"tensor; expected a bare state_dict or one under 'state_dict' (Lightning .ckpt), "
-                             f"'model_state_dict' (real-track file) or 'params'/'params_ema'; found top-level keys "
-                             f'{list(ckpt)[:8]}')
-        for prefix in ('module.', 'model.'):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
+    out = unwrap_checkpoint(ckpt, 'Burstormer', source, param_key)
     if 'conv1.0.weight' not in out or not any(k.startswith('align.alignment0.') for k in out):
-        raise ValueError(f'{source}: not a Burstormer state_dict (no conv1.0.weight / align.alignment0.*); first '
-                         f'keys {list(out)[:4]}')
+        raise CheckpointLayoutError(f'{source}: not a Burstormer state_dict (no conv1.0.weight / '
+                                    f'align.alignment0.*); first keys {list(out)[:4]}')
     return out

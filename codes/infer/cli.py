@@ -118,7 +118,7 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
 
 
 RUNNERS: dict[str, Callable[..., list[dict]]] = {
-    'BSRT': run_bursts, 'EBSR': run_bursts, 'Burstormer': run_bursts, 'DCLS': run_images}
+    'BSRT': run_bursts, 'EBSR': run_bursts, 'Burstormer': run_bursts, 'BIPNet': run_bursts, 'DCLS': run_images}
 
 
 def _dry_run(opt: dict) -> None:

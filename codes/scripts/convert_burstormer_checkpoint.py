@@ -1,6 +1,7 @@
-"""Convert an official Burstormer checkpoint into this toolkit's weights file (``{'params': state_dict}``).
+"""Convert an official Burstormer (or BIPNet) checkpoint into this toolkit's weights file (``{'params': ...}``).
 
     python -m codes.scripts.convert_burstormer_checkpoint Burstormer.ckpt experiments/pretrained_models/burstormer.pth
+    python -m codes.scripts.convert_burstormer_checkpoint BIPNet.ckpt experiments/pretrained_models/bipnet.pth
 
 Reads the synthetic-track Lightning ``.ckpt`` (weights under ``'state_dict'``), the real-track ``.pth``
 (``{'epoch', 'model_state_dict', 'optimizer_state_dict'}``) or a bare state_dict, finds the track from the keys,
@@ -8,6 +9,8 @@ loads the weights strictly into that Burstormer to check them, and writes only t
 ``torch.load(weights_only=True)``; a Lightning file whose bookkeeping holds objects that loader refuses needs
 ``--trust`` (``weights_only=False``: only for a file from a source you trust, since unpickling can run code).
 Both released checkpoints are expected to hold the *real* layout (3,263,778 parameters; Burstormer issues #3, #10).
+The two BIPNet files by the same authors (``BIPNet.ckpt``, ``BIPNet.pth``) have the same wrappings and are recognised
+by their keys (a file linked as Burstormer weights was once a BIPNet checkpoint, Burstormer issue #2).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def convert_file(src: str | Path, dst: str | Path, trust: bool = False) -> dict:
     """Convert ``src`` into ``dst``; returns the ``network_g`` block the weights fit."""
     from codes.archs import build_network
     from codes.archs.arch_detect import network_options_from_state_dict
+    from codes.archs.bipnet_arch import convert_bipnet_checkpoint
     from codes.archs.burstormer_arch import burstormer_track_of, convert_burstormer_checkpoint
     src = Path(src)
     if not src.is_file():
@@ -41,20 +45,25 @@ def convert_file(src: str | Path, dst: str | Path, trust: bool = False) -> dict:
     except Exception as exc:
         raise CheckpointError(f'{src}: not a readable PyTorch checkpoint: {type(exc).__name__}: {exc}') from None
     try:
-        sd = convert_burstormer_checkpoint(ckpt, str(src))
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-    if burstormer_track_of(sd) is None:
-        raise CheckpointError(f'{src}: a Burstormer state_dict of neither track (no back_projection1 fusion keys)')
-    net_opt = network_options_from_state_dict(sd, str(src))  # track (and width, if not the published one)
-    track = net_opt['track']
+        sd = convert_bipnet_checkpoint(ckpt, str(src))
+        what = 'BIPNet'
+    except ValueError:
+        try:
+            sd = convert_burstormer_checkpoint(ckpt, str(src))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        if burstormer_track_of(sd) is None:
+            raise CheckpointError(f'{src}: a Burstormer state_dict of neither track (no back_projection1 fusion '
+                                  'keys)') from None
+        what = None
+    net_opt = network_options_from_state_dict(sd, str(src))  # track / block counts / width, when not published
+    what = what or f"Burstormer track {net_opt['track']!r}"
     with torch.device('meta'):
         net = build_network(net_opt)
     try:
         net.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as exc:
-        raise CheckpointError(f'{src}: does not load strictly into Burstormer track {track!r}: '
-                              f'{str(exc).splitlines()[0]}') from None
+        raise CheckpointError(f'{src}: does not load strictly into {what}: {str(exc).splitlines()[0]}') from None
     atomic_save({'params': dict(sd)}, dst)
     return net_opt
 
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--trust', action='store_true', help='read with weights_only=False (trusted files only)')
     args = p.parse_args(argv)
     net_opt = run_cli(lambda: convert_file(args.src, args.dst, args.trust), p.prog)
-    print(f'{args.dst}: Burstormer weights; network_g: {net_opt}')
+    print(f"{args.dst}: {net_opt['type']} weights; network_g: {net_opt}")
     return 0
 
 

@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import re
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping
@@ -26,8 +27,9 @@ from codes.utils.errors import UserError
 from codes.utils.files import atomic_open, atomic_write_text
 
 __all__ = ['atomic_save', 'write_pointer', 'read_pointer', 'load_file', 'extract_state_dict', 'load_network',
-           'load_state_dict_strict', 'get_rng_states', 'set_rng_states', 'find_resume_state', 'STATE_KEYS',
-           'POINTER_NAME', 'CheckpointError', 'SaveError', 'CheckpointNotFoundError']
+           'load_state_dict_strict', 'unwrap_checkpoint', 'get_rng_states', 'set_rng_states', 'find_resume_state',
+           'STATE_KEYS', 'POINTER_NAME', 'CheckpointError', 'CheckpointLayoutError', 'SaveError',
+           'CheckpointNotFoundError']
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ class CheckpointError(UserError, RuntimeError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path that names no file."""
+
+
+class CheckpointLayoutError(CheckpointError, ValueError):
+    """A loaded checkpoint whose layout (wrapping, entries) is not the one expected; the message says what was found."""
 
 
 class SaveError(CheckpointError, OSError):
@@ -156,6 +162,36 @@ def extract_state_dict(ckpt: Any, param_key: str = 'params', source: str = 'chec
     if bad:
         raise CheckpointError(f'{source}: not a state_dict: entries {bad[:5]} are not tensors')
     return {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
+
+
+def unwrap_checkpoint(ckpt: Any, family: str, source: str = 'checkpoint', param_key: str = 'params',
+                      prefixes: tuple[str, ...] = ('module.', 'model.')) -> 'OrderedDict[str, torch.Tensor]':
+    """The bare state_dict inside an official checkpoint of ``family`` (or one of ours), prefixes stripped.
+
+    Takes the first mapping among ``param_key``, ``params``, ``params_ema``, ``model_state_dict`` (a plain training
+    loop's ``{'epoch', 'model_state_dict', 'optimizer_state_dict'}``) and ``state_dict`` (a PyTorch-Lightning
+    ``.ckpt``), else ``ckpt`` itself as a bare state_dict. Raises :class:`CheckpointLayoutError` naming ``source``,
+    ``family`` and the top-level keys found when that is not a dict of tensors.
+    """
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointLayoutError(f'{source}: expected a dict, found a {type(ckpt).__name__}')
+    sd = ckpt
+    for key in (param_key, 'params', 'params_ema', 'model_state_dict', 'state_dict'):
+        if isinstance(ckpt.get(key), Mapping):
+            sd = ckpt[key]
+            break
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointLayoutError(
+                f"{source}: not a {family} checkpoint: entry {k!r} is a {type(v).__name__}, not a tensor; expected a "
+                f"bare state_dict or one under 'state_dict' (Lightning .ckpt), 'model_state_dict' (real-track file) "
+                f"or 'params'/'params_ema'; found top-level keys {list(ckpt)[:8]}")
+        for prefix in prefixes:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
 
 
 def _fitting_network(sd: Mapping[str, torch.Tensor]) -> str:
