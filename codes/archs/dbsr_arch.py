@@ -119,6 +119,9 @@ class DBSREncoder(nn.Module):
             flows = self.alignment_net(oth, ref)  # (B·(N-1), 2, h, w): oth sampled at x + flow matches ref
         feat = self.out_layer(self.res_layers(self.init_layer(x.reshape(b * n, 4, h, w))))
         feat = feat.view(b, n, -1, h, w)
+        # DBSR's warp (models/layers/warp.py) samples at (x + dx, y + dy), bilinear, zeros outside, no mask: the same
+        # points as flow_warp's (its pixel-centre grid with align_corners=False equals pixel indices with
+        # align_corners=True). PWC-Net's own backwarp, which masks and normalises by (W - 1)/2, is not this.
         warped = flow_warp(feat[:, 1:].reshape(b * (n - 1), -1, h, w), flows.permute(0, 2, 3, 1))
         feat = torch.cat((feat[:, :1], warped.view(b, n - 1, -1, h, w).to(feat.dtype)), dim=1)
         return feat, flows.view(b, n - 1, 2, h, w)
@@ -133,7 +136,8 @@ class DBSRMerging(nn.Module):
         self.offset_modulo = offset_modulo
         self.feat_project_layer = _conv_block(input_dim, project_dim, 1)
         self.offset_feat_extractor = nn.Sequential(
-            _conv_block(2, offset_feat_dim, 3), *[ResBlock(offset_feat_dim) for _ in range(num_offset_feat_extractor_res)])
+            _conv_block(2, offset_feat_dim, 3),
+            *[ResBlock(offset_feat_dim) for _ in range(num_offset_feat_extractor_res)])
         hidden = 2 * project_dim
         self.weight_predictor = nn.Sequential(
             _conv_block(2 * project_dim + offset_feat_dim, hidden, 3),
@@ -161,7 +165,8 @@ class DBSRMerging(nn.Module):
 
 
 class DBSRUpsampler(nn.Module):
-    """1x1 conv (+ReLU) to dim·factor² channels, pixel shuffle, optional fixed Gaussian blur (``PixShuffleUpsampler``).
+    """1x1 conv (+ReLU) to dim·factor² channels, pixel shuffle, optional fixed Gaussian blur
+    (``PixShuffleUpsampler``).
 
     The blur kernel is a non-persistent buffer: it is not in the state_dict (the upstream keeps it as a plain
     attribute), and it follows the module's device and dtype.
