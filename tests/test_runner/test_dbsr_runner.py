@@ -116,3 +116,24 @@ def test_shipped_option_files_validate(name, is_train, tmp_path):
     assert type(net).__name__ == 'DBSR'
     if name.startswith('train'):
         assert opt['train']['optim_g']['lr'] == 1e-4 and opt['train']['scheduler']['type'] == 'StepLR'
+
+
+def test_real_track_fine_tunes_from_the_synthetic_checkpoint(trained, tmp_path):
+    """track real builds the same network: the demo's synthetic checkpoint loads strictly into it, and AlignedL1
+    fine-tuning through RealBurstSRModel runs (frozen PWC-Net unchanged)."""
+    from codes.scripts.make_burstsr_sample import ensure_burstsr_sample
+    from tests.test_runner.test_real_training import real_options
+    from tests.test_runner.tiny import write_options
+    ensure_burstsr_sample(str(tmp_path / 'data'), num_train=3, num_val=1, crop_size=40)
+    ckpt = trained / 'models' / f'net_g_{ITERS}.pth'
+    opt = real_options(tmp_path, tmp_path / 'data', ckpt, 'dbsr_real', 3)
+    opt['network_g'] = {**TINY_NET, 'track': 'real'}
+    train_pipeline(ROOT, ['-opt', str(write_options(tmp_path / 'real.yml', opt))])
+    exp = tmp_path / 'experiments' / 'dbsr_real'
+    losses = losses_from_log(exp)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    before = torch.load(ckpt, weights_only=True)['params']
+    after = torch.load(exp / 'models' / 'net_g_3.pth', weights_only=True)['params']
+    pwc = [k for k in before if k.startswith('encoder.alignment_net.net.')]
+    assert all(torch.equal(before[k], after[k]) for k in pwc)
+    assert not torch.equal(before['decoder.predictor.0.weight'], after['decoder.predictor.0.weight'])
