@@ -143,8 +143,9 @@ def _install_trainer_modules() -> dict:
     return {'NetConstructor': NetConstructor, 'AverageMeter': AverageMeter, 'Settings': Settings, 'mods': mods}
 
 
-def write_official_checkpoint(sd: dict, path: Path) -> None:
-    """A trainer checkpoint as the original writes it (``trainers/base_trainer.py``): pickled custom classes."""
+def write_official_checkpoint(sd: dict, path: Path, legacy: bool = False) -> None:
+    """A trainer checkpoint as the original writes it (``trainers/base_trainer.py``): pickled custom classes;
+    ``legacy``: the pre-1.6 (non-zip) ``torch.save`` format."""
     c = _install_trainer_modules()
     try:
         ctor = c['NetConstructor']('dbsrnet_cvpr2021', 'models.dbsr.dbsrnet', (),
@@ -152,7 +153,7 @@ def write_official_checkpoint(sd: dict, path: Path) -> None:
         state = {'epoch': 100, 'actor_type': 'DBSRSyntheticActor', 'net_type': 'DBSRNet', 'net': sd,
                  'net_info': None, 'constructor': ctor, 'optimizer': {'state': {}, 'param_groups': [{'lr': 4e-6}]},
                  'stats': {'train': {'Loss/total': c['AverageMeter']()}}, 'settings': c['Settings']()}
-        torch.save(state, path)
+        torch.save(state, path, _use_new_zipfile_serialization=not legacy)
     finally:
         for name in c['mods']:
             sys.modules.pop(name, None)
@@ -167,11 +168,12 @@ class _Poison:
         return os.system, (f'touch {self.marker}', )
 
 
-def test_official_checkpoint_loads_strictly_through_the_restricted_unpickler(tmp_path: Path) -> None:
+@pytest.mark.parametrize('legacy', [False, True])
+def test_official_checkpoint_loads_strictly_through_the_restricted_unpickler(tmp_path: Path, legacy: bool) -> None:
     src = tiny(1)
     sd = src.state_dict()
     path = tmp_path / 'DBSRNet_ep0100.pth.tar'
-    write_official_checkpoint(sd, path)
+    write_official_checkpoint(sd, path, legacy)
     with pytest.raises(pickle.UnpicklingError):  # what weights_only loading does with it
         torch.load(path, weights_only=True)
     ckpt = load_file(path)
@@ -205,6 +207,10 @@ def test_poisoned_checkpoint_is_refused_and_runs_nothing(tmp_path: Path) -> None
     assert 'poison.pth: cannot be loaded safely' in msg and 'system' in msg and '\n' not in msg
     assert 'weights_only=False' not in msg
     assert not marker.exists()
+    # a pickled module (torch.save(net)) is code too: refused, naming the class
+    torch.save(nn.Conv2d(1, 1, 1), tmp_path / 'module.pth')
+    with pytest.raises(CheckpointError, match=r'module\.pth: cannot be loaded safely.*Conv2d'):
+        load_file(tmp_path / 'module.pth')
 
 
 # ----------------------------------------------------------------------------------------------------- invariances
