@@ -71,6 +71,14 @@ def test_keys_shapes_and_counts_equal_the_official_list(opt) -> None:
     assert detect_family(net.state_dict()) == 'DBSR'
 
 
+def test_published_network_any_size() -> None:
+    torch.manual_seed(0)
+    net = build_network({'type': 'DBSR'}).eval()
+    with torch.no_grad():
+        y = net(torch.rand(1, 2, 4, 13, 17))
+    assert y.shape == (1, 3, 104, 136) and (y >= 0).all()
+
+
 def test_init_and_fixed_blur_follow_the_original() -> None:
     net = tiny()
     w = net.decoder.upsample_layer.conv_layer[0].weight  # (4·64, 8, 1, 1): ICNR, no bias
