@@ -10,8 +10,9 @@ Sub-commands::
 ``outputs`` builds BSRT-S, BSRT-L, DCLS and DBSR with fixed random weights (BSRT with non-zero offset convs, so
 the deformable convolutions really deform; DBSR with a positive output bias, so its final ReLU does not zero the
 output), runs the same input through the CPU reference (fp32, ``impl='reference'``) and through ``--device`` with
-every implementation in fp32 (limit 1e-4 relative) and under bf16/fp16 autocast (limit 1e-2), and writes the relative errors (||a - b|| / ||b||) with a pass flag per row. ``--tiny`` uses small
-widths and sizes (for ``--device cpu`` runs of the script in the test suite).
+every implementation in fp32 (limit 1e-4 relative) and under bf16/fp16 autocast (limit 1e-2), and writes the
+relative errors (||a - b|| / ||b||) with a pass flag per row. ``--tiny`` uses small widths and sizes (for
+``--device cpu`` runs of the script in the test suite).
 """
 from __future__ import annotations
 
