@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/burst_models.py [--models BSRT-S BSRT-L EBSR Burstormer-synthetic Burstormer-real BIPNet]
+    python benchmarks/burst_models.py [--models BSRT-S BSRT-L EBSR Burstormer-synthetic Burstormer-real BIPNet DBSR]
                                       [--burst 14] [--size 48] [--repeats 3]
                                       [--threads N] [--json OUT.json]
 
@@ -13,7 +13,9 @@ The input is one random packed RGGB burst (1, burst, 4, size, size) in [0, 1] (4
 deformable convolution (``torchvision::deform_conv2d``, which the counter does not know) is counted as the plain
 convolution of the same shape, its bilinear sampling not at all. Forward time: eval mode, no_grad, fp32, one
 untimed run, then ``--repeats`` timed runs per model, interleaved across models (round-robin), median reported.
-Training-step time comes from ``benchmarks/train_step.py --arch``.
+Training-step time comes from ``benchmarks/train_step.py --arch``. DBSR has no deformable convolution; its
+PWC-Net runs on every (reference, frame) pair resized up to multiples of 64 (48 -> 64), and its correlation (81
+shifted products, computed with elementwise ops) is not counted as MACs.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ MODELS: dict[str, dict] = {
     'Burstormer-synthetic': {'type': 'Burstormer', 'track': 'synthetic'},
     'Burstormer-real': {'type': 'Burstormer', 'track': 'real'},
     'BIPNet': {'type': 'BIPNet'},  # takes only --burst 14 (one pseudo-burst kernel per frame)
+    'DBSR': {'type': 'DBSR'},  # its frozen PWC-Net (9.37 M of the 13.01 M parameters) is counted and timed
 }
 
 

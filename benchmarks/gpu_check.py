@@ -7,11 +7,12 @@ Sub-commands::
     python benchmarks/gpu_check.py infer-time --summary DIR/infer_summary.json --json OUT.json
     python benchmarks/gpu_check.py merge --json REPORT.json PART.json ...
 
-``outputs`` builds BSRT-S, BSRT-L and DCLS with fixed random weights (BSRT with non-zero offset convs, so the
-deformable convolutions really deform), runs the same input through the CPU reference (fp32, ``impl='reference'``)
-and through ``--device`` with every implementation in fp32 (limit 1e-4 relative) and under bf16/fp16 autocast
-(limit 1e-2), and writes the relative errors (||a - b|| / ||b||) with a pass flag per row. ``--tiny`` uses small
-widths and sizes (for ``--device cpu`` runs of the script in the test suite).
+``outputs`` builds BSRT-S, BSRT-L, DCLS and DBSR with fixed random weights (BSRT with non-zero offset convs, so
+the deformable convolutions really deform; DBSR with a positive output bias, so its final ReLU does not zero the
+output), runs the same input through the CPU reference (fp32, ``impl='reference'``) and through ``--device`` with
+every implementation in fp32 (limit 1e-4 relative) and under bf16/fp16 autocast (limit 1e-2), and writes the
+relative errors (||a - b|| / ||b||) with a pass flag per row. ``--tiny`` uses small widths and sizes (for
+``--device cpu`` runs of the script in the test suite).
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _nets(tiny: bool) -> dict[str, tuple[dict, tuple[int, ...]]]:
                 'DCLS-tiny': (dict(type='DCLS', nf=16, nb=1, ng=1, input_para=16), (1, 3, 12, 12))}
     return {'BSRT-S': (dict(type='BSRT', level='S', burst_size=14), (1, 14, 4, 32, 32)),
             'BSRT-L': (dict(type='BSRT', level='L', burst_size=14), (1, 14, 4, 32, 32)),
-            'DCLS': (dict(type='DCLS'), (1, 3, 48, 48))}
+            'DCLS': (dict(type='DCLS'), (1, 3, 48, 48)),
+            'DBSR': (dict(type='DBSR'), (1, 14, 4, 32, 32))}
 
 
 def _randomise_offsets(model: torch.nn.Module) -> None:
@@ -53,6 +55,15 @@ def _randomise_offsets(model: torch.nn.Module) -> None:
             with torch.no_grad():
                 m.conv_offset_mask.weight.copy_(0.05 * torch.randn(m.conv_offset_mask.weight.shape, generator=g))
                 m.conv_offset_mask.bias.copy_(0.5 * torch.randn(m.conv_offset_mask.bias.shape, generator=g))
+
+
+def _live_output(model: torch.nn.Module) -> None:
+    """An untrained DBSR can output all zeros (its last layer is a ReLU); a positive predictor bias keeps the
+    comparison meaningful."""
+    predictor = getattr(getattr(model, 'decoder', None), 'predictor', None)
+    if type(model).__name__ == 'DBSR' and predictor is not None:
+        with torch.no_grad():
+            predictor[0].bias.fill_(0.2)
 
 
 def _first(out: torch.Tensor | tuple) -> torch.Tensor:
@@ -67,6 +78,7 @@ def check_outputs(device: torch.device, tiny: bool) -> list[dict]:
         torch.manual_seed(0)
         model = build_network(opt).eval()
         _randomise_offsets(model)
+        _live_output(model)
         x = torch.rand(shape, generator=torch.Generator().manual_seed(2))
         impls = ['reference', 'fast', 'auto'] if hasattr(model, 'set_impl') else ['-']
         if hasattr(model, 'set_impl'):

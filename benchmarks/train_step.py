@@ -14,6 +14,8 @@ and ``burst_size`` is set from ``--burst`` when the network takes it (BIPNet tak
 BSRT's ``--patch_size`` on synthetic data: the input is a random (batch, burst, 4, patch/8, patch/8) packed RGGB
 burst in [0, 1], the target a random image of the output's shape. bf16/fp16 run the forward under
 ``torch.autocast``; the loss is computed in float32 outside it; fp16 on CUDA adds a ``torch.amp.GradScaler``.
+Networks without an ``impl`` argument (DBSR: no deformable convolution, no attention) give one
+row per precision, impl '-': there is no fast/reference pair to compare.
 
 **Implementations side by side.** ``--impl`` lists the implementations to compare (``reference``: torchvision's
 ``deform_conv2d`` and explicit attention, the original's operators; ``fast``: ``grid_sample`` DCN and

@@ -39,6 +39,11 @@ def _is_bipnet(sd: Mapping[str, torch.Tensor]) -> bool:
     return is_bipnet_state_dict(sd)
 
 
+def _is_dbsr(sd: Mapping[str, torch.Tensor]) -> bool:
+    return 'encoder.init_layer.0.weight' in sd and 'merging.feat_project_layer.0.weight' in sd and any(
+        k.startswith('encoder.alignment_net.net.') for k in sd)
+
+
 def _count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
     rx = re.compile(pattern)
     found = {int(m.group(1)) for k in sd for m in [rx.match(k)] if m}
@@ -133,6 +138,33 @@ def _bipnet_options(sd: Mapping[str, torch.Tensor]) -> dict:
     return {'type': 'BIPNet', **{k: v for k, v in counts.items() if v != published[k]}}
 
 
+def _dbsr_options(sd: Mapping[str, torch.Tensor]) -> dict:
+    """DBSR widths and depths from the shapes (``goutamgmb/deep-burst-sr`` layout); only those that differ from
+    the published ``dbsrnet_cvpr2021`` are written. The track cannot be read (same network for both)."""
+    post = int(sd['decoder.post_res_layers.0.conv1.0.weight'].shape[0]) if 'decoder.post_res_layers.0.conv1.0.weight' \
+        in sd else int(sd['decoder.predictor.0.weight'].shape[1])
+    up = int(sd['decoder.upsample_layer.conv_layer.0.weight'].shape[0])
+    found = {
+        'enc_init_dim': int(sd['encoder.init_layer.0.weight'].shape[0]),
+        'enc_num_res_blocks': _count(sd, r'encoder\.res_layers\.(\d+)\.'),
+        'enc_out_dim': int(sd['encoder.out_layer.0.weight'].shape[0]),
+        'dec_init_conv_dim': int(sd['decoder.init_layer.0.weight'].shape[0]),
+        'dec_num_pre_res_blocks': _count(sd, r'decoder\.pre_res_layers\.(\d+)\.'),
+        'dec_post_conv_dim': post,
+        'dec_num_post_res_blocks': _count(sd, r'decoder\.post_res_layers\.(\d+)\.'),
+        'upsample_factor': int(round(math.sqrt(up / post))),
+        'offset_feat_dim': int(sd['merging.offset_feat_extractor.0.0.weight'].shape[0]),
+        'weight_pred_proj_dim': int(sd['merging.feat_project_layer.0.weight'].shape[0]),
+        'num_offset_feat_extractor_res': _count(sd, r'merging\.offset_feat_extractor\.(\d+)\.') - 1,
+        'num_weight_predictor_res': _count(sd, r'merging\.weight_predictor\.(\d+)\.') - 2,
+        'icnrinit': 'decoder.upsample_layer.conv_layer.0.bias' not in sd,
+    }
+    import inspect
+    from codes.archs.dbsr_arch import DBSR
+    defaults = {k: p.default for k, p in inspect.signature(DBSR).parameters.items()}
+    return {'type': 'DBSR', **{k: v for k, v in found.items() if v != defaults[k]}}
+
+
 #: family -> (recogniser, options reader or None when the family has no reader yet).
 FAMILIES: dict[str, tuple[Callable[[Mapping[str, torch.Tensor]], bool],
                           Callable[[Mapping[str, torch.Tensor]], dict] | None]] = {
@@ -141,11 +173,12 @@ FAMILIES: dict[str, tuple[Callable[[Mapping[str, torch.Tensor]], bool],
     'DCLS': (_is_dcls, _dcls_options),
     'Burstormer': (_is_burstormer, _burstormer_options),
     'BIPNet': (_is_bipnet, _bipnet_options),
+    'DBSR': (_is_dbsr, _dbsr_options),
 }
 
 
 def detect_family(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """'BSRT', 'EBSR', 'DCLS', 'Burstormer', 'BIPNet' or None, from the key names of a bare state_dict."""
+    """'BSRT', 'EBSR', 'DCLS', 'Burstormer', 'BIPNet', 'DBSR' or None, from the key names of a bare state_dict."""
     for name, (recognise, _) in FAMILIES.items():
         if recognise(sd):
             return name

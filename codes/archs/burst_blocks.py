@@ -246,14 +246,17 @@ class PCDAlign(nn.Module):
         return act(self.cas_dcnpack(f1, oc))
 
 
-def icnr_(conv: nn.Conv2d, scale: int) -> None:
+def icnr_(conv: nn.Conv2d, scale: int, init: Callable[[torch.Tensor], object] | None = None) -> None:
     """Make ``conv``'s output channels equal in groups of ``scale``² (ICNR), as ``F.pixel_shuffle(·, scale)`` groups
-    them: one sub-kernel per shuffled channel, drawn with PyTorch's default convolution initialisation."""
+    them: one sub-kernel per shuffled channel, drawn with PyTorch's default convolution initialisation, or with
+    ``init`` applied to the sub-kernel weight (``nn.init.kaiming_normal_`` in DBSR)."""
     out_channels = conv.out_channels
     if out_channels % (scale * scale):
         raise ValueError(f'ICNR: {out_channels} output channels are not a multiple of {scale}²')
     sub = nn.Conv2d(conv.in_channels, out_channels // (scale * scale), conv.kernel_size, bias=conv.bias is not None)
     with torch.no_grad():
+        if init is not None:
+            init(sub.weight)
         conv.weight.copy_(sub.weight.repeat_interleave(scale * scale, dim=0))
         if conv.bias is not None:
             conv.bias.copy_(sub.bias.repeat_interleave(scale * scale, dim=0))

@@ -1,4 +1,5 @@
-"""The burst runner: a burst network (BSRT, EBSR, Burstormer, BIPNet) on every burst of the input, tiled and streamed."""
+"""The burst runner: a burst network (BSRT, EBSR, Burstormer, BIPNet, DBSR) on every burst of the input, tiled and
+streamed."""
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,7 @@ def _render_band(render: Any, band: torch.Tensor, norm: float | None) -> np.ndar
 
 def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
                records: list[dict] | None = None) -> list[dict]:
-    """A burst network (BSRT, EBSR, Burstormer, BIPNet) on every burst under ``opt['input']``; returns one record per
+    """A burst network (BSRT, EBSR, Burstormer, BIPNet, DBSR) on every burst under ``opt['input']``; returns one record per
     burst (appended to ``records`` as each burst is done, so a caller keeps them when a later input fails)."""
     kind = opt['input_kind']
     if kind == 'image':

@@ -69,7 +69,7 @@ def build_infer_arg_parser() -> argparse.ArgumentParser:
     p.add_argument('--arch', choices=sorted(FAMILIES), help='architecture of the weights (default: read from them)')
     p.add_argument('--level', choices=['S', 'L'], help='BSRT level (published hyper-parameters)')
     p.add_argument('--burst-size', '--burst_size', type=int, dest='burst_size',
-                   help='burst size the weights were trained for (BSRT default: read from them; Burstormer: 14)')
+                   help='burst size the weights were trained for (BSRT default: read from them; Burstormer, DBSR: 14)')
     p.add_argument('--param-key', '--param_key', choices=['auto', 'params', 'params_ema'], dest='param_key',
                    help="which weights of our checkpoints: 'auto' (default) takes params_ema when present")
     p.add_argument('--input-kind', '--input_kind', choices=INPUT_KINDS, dest='input_kind',
@@ -111,14 +111,15 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
                    if v is not None}
     if args.level and args.arch != 'BSRT':
         raise OptionError('arch', '--level is a BSRT hyper-parameter: you need --arch BSRT')
-    if args.burst_size and args.arch not in ('BSRT', 'Burstormer'):
-        raise OptionError('arch', '--burst-size needs --arch BSRT or --arch Burstormer')
+    if args.burst_size and args.arch not in ('BSRT', 'Burstormer', 'DBSR'):
+        raise OptionError('arch', '--burst-size needs --arch BSRT, Burstormer or DBSR')
     opt['opt_file'] = file
     return opt, args
 
 
 RUNNERS: dict[str, Callable[..., list[dict]]] = {
-    'BSRT': run_bursts, 'EBSR': run_bursts, 'Burstormer': run_bursts, 'BIPNet': run_bursts, 'DCLS': run_images}
+    'BSRT': run_bursts, 'EBSR': run_bursts, 'Burstormer': run_bursts, 'BIPNet': run_bursts, 'DBSR': run_bursts,
+    'DCLS': run_images}
 
 
 def _dry_run(opt: dict) -> None:

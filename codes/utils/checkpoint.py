@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from codes.utils.errors import UserError
 from codes.utils.files import atomic_open, atomic_write_text
+from codes.utils.safe_pickle import TRAINER_RECORDS_ALLOWED, safe_torch_load
 
 __all__ = ['atomic_save', 'write_pointer', 'read_pointer', 'load_file', 'extract_state_dict', 'load_network',
            'load_state_dict_strict', 'unwrap_checkpoint', 'get_rng_states', 'set_rng_states', 'find_resume_state',
@@ -121,7 +122,12 @@ def read_pointer(pointer: str | os.PathLike, states_dir: str | os.PathLike) -> P
 
 
 def load_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file."""
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file.
+
+    A file that loader refuses is read once more with :func:`codes.utils.safe_pickle.safe_torch_load`, admitting
+    the trainer classes of ``TRAINER_RECORDS_ALLOWED`` as inert records (DBSR's official checkpoints); anything
+    else it names is refused with a ``CheckpointError``, and no code from the file runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(f'checkpoint not found: {path}' + (' (a folder, not a file)' if path.is_dir()
@@ -133,6 +139,15 @@ def load_file(path: str | os.PathLike) -> Any:
         # line that says what was refused
         lines = [ln.strip() for ln in str(exc).splitlines() if 'WeightsUnpickler error' in ln]
         detail = lines[0].split('WeightsUnpickler error:', 1)[1].strip() if lines else type(exc).__name__
+    except Exception as exc:
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another format): '
+                              f'{type(exc).__name__}: {exc}') from None
+    # a trainer checkpoint that pickles its bookkeeping classes (DBSR's): read again with the restricted unpickler,
+    # which admits those classes only as inert records
+    try:
+        return safe_torch_load(path, TRAINER_RECORDS_ALLOWED)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).replace(f'{path}: ', '', 1).splitlines()[0] if str(exc) else detail
         raise CheckpointError(f'{path}: cannot be loaded safely: it holds objects other than tensors and plain '
                               f'containers ({detail}), and loading it would run code from the file. It was not '
                               'loaded; use weights from a source you trust, saved as a state_dict') from None
@@ -143,14 +158,14 @@ def load_file(path: str | os.PathLike) -> Any:
 
 def extract_state_dict(ckpt: Any, param_key: str = 'params', source: str = 'checkpoint') -> dict[str, torch.Tensor]:
     """The network state_dict inside ``ckpt``: a bare state_dict, or ``{'params'|'params_ema': ...}`` (also
-    ``'state_dict'``, ``'model'`` and ``'model_state_dict'`` wrappers of other trainers); a ``module.`` prefix
-    (DataParallel/DDP) is stripped."""
+    ``'state_dict'``, ``'model'``, ``'model_state_dict'`` and ``'net'`` (DBSR's trainer) wrappers of other
+    trainers); a ``module.`` prefix (DataParallel/DDP) is stripped."""
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f'{source}: expected a dict of tensors, got {type(ckpt).__name__}')
     if param_key in ckpt and isinstance(ckpt[param_key], Mapping):
         sd = ckpt[param_key]
     else:
-        wrapped = [k for k in ('params', 'params_ema', 'state_dict', 'model', 'model_state_dict')
+        wrapped = [k for k in ('params', 'params_ema', 'state_dict', 'model', 'model_state_dict', 'net')
                    if isinstance(ckpt.get(k), Mapping)]
         if wrapped:
             if param_key not in ('params', 'params_ema') or wrapped[0] != param_key:

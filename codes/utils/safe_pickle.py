@@ -8,6 +8,12 @@ raises ``pickle.UnpicklingError`` naming the file and the refused global. Datase
 objects pass stand-ins through ``extra_allowed``; ``EXIFREAD_ALLOWED`` holds the stand-ins for the ``exifread`` 2.x
 classes in BurstSR's ``meta_info.pkl`` (``exifread.classes.IfdTag`` and ``exifread.utils.Ratio``), so those pickles
 load without exifread and without running code.
+
+``safe_torch_load`` reads a ``torch.save`` file (zip or legacy format) through the same admission rule, for
+trainer checkpoints that pickle their own bookkeeping classes, which ``torch.load(weights_only=True)`` refuses.
+Those classes are admitted only as :class:`ForeignRecord` stand-ins that keep the pickled attributes as data and
+run none of the original code; ``TRAINER_RECORDS_ALLOWED`` names the ones of DBSR's pytracking-style trainer
+(``goutamgmb/deep-burst-sr: admin/``).
 """
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ import fractions
 import io
 import os
 import pickle
+import types
 from typing import Any, Mapping
 
-__all__ = ['safe_load_pickle', 'safe_loads_pickle', 'SafeUnpickler', 'DEFAULT_ALLOWED', 'IfdTag', 'Ratio',
-           'EXIFREAD_ALLOWED']
+__all__ = ['safe_load_pickle', 'safe_loads_pickle', 'safe_torch_load', 'SafeUnpickler', 'DEFAULT_ALLOWED', 'IfdTag',
+           'Ratio', 'EXIFREAD_ALLOWED', 'ForeignRecord', 'record_class', 'TRAINER_RECORDS_ALLOWED']
 
 
 def _load_storage_from_bytes(data: bytes) -> Any:
@@ -133,6 +140,82 @@ def safe_loads_pickle(data: bytes, extra_allowed: Mapping[str, Any] | None = Non
     if extra_allowed:
         allowed.update(extra_allowed)
     return SafeUnpickler(io.BytesIO(data), allowed, source=source).load()
+
+
+def safe_torch_load(path: str | os.PathLike, extra_allowed: Mapping[str, Any] | None = None) -> Any:
+    """``torch.load(path, map_location='cpu')`` whose unpickler admits only ``DEFAULT_ALLOWED`` + ``extra_allowed``.
+
+    torch's own loader restores the tensor storages (persistent ids); every other global the file names goes
+    through the admission rule, so nothing outside the admitted set is imported or called.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        pickle.UnpicklingError: the file names a global that is not admitted (message names file and global).
+    """
+    import torch
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    allowed = dict(DEFAULT_ALLOWED)
+    if extra_allowed:
+        allowed.update(extra_allowed)
+
+    class _Restricted(pickle.Unpickler):
+        # no persistent_load here: torch.load assigns its own to every unpickler it makes
+        def find_class(self, module: str, name: str) -> Any:
+            key = f'{module}.{name}'
+            if key in allowed:
+                return allowed[key]
+            raise pickle.UnpicklingError(f'{path}: refusing to unpickle the global {key!r} (not plain data, '
+                                         'tensors or an admitted stand-in)')
+
+    def _load(file: Any, **kwargs: Any) -> Any:
+        return _Restricted(file, **kwargs).load()
+
+    # torch.load takes any object with Unpickler and load as its pickle module; weights_only=False is what lets it
+    # use this one, whose find_class is the restriction (stricter than torch's own allow-list, since it admits no
+    # torch globals beyond the tensor rebuilders)
+    module = types.SimpleNamespace(__name__=__name__, Unpickler=_Restricted, load=_load)
+    return torch.load(path, map_location='cpu', weights_only=False, pickle_module=module)
+
+
+# ----------------------------------------------------------------------------------------------- trainer records
+class ForeignRecord:
+    """Inert stand-in for an instance of a foreign class: the pickled state becomes plain attributes.
+
+    Building one runs no code of the original class (constructor arguments are kept in ``_args``, unused).
+    ``pickled_as`` is the ``module.name`` the file gave.
+    """
+
+    pickled_as = ''
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__['_args'] = (args, kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+            state = {**(state[0] or {}), **(state[1] or {})}  # (dict, slots) form
+        if isinstance(state, dict):
+            self.__dict__.update({str(k): v for k, v in state.items()})
+        else:
+            self.__dict__['_state'] = state
+
+    def __repr__(self) -> str:
+        fields = ', '.join(k for k in self.__dict__ if not k.startswith('_'))
+        return f'<{self.pickled_as} record: {fields}>'
+
+
+def record_class(qualified: str) -> type:
+    """A :class:`ForeignRecord` subclass standing in for the class ``qualified`` (``'module.Name'``)."""
+    return type(qualified.rsplit('.', 1)[-1], (ForeignRecord, ), {'pickled_as': qualified})
+
+
+#: The bookkeeping classes DBSR's trainer pickles into its checkpoints (``goutamgmb/deep-burst-sr:
+#: trainers/base_trainer.py``): the stored constructor call, the statistics and the settings with the user's
+#: environment. Admitted only as inert records.
+TRAINER_RECORDS_ALLOWED: dict[str, Any] = {name: record_class(name) for name in (
+    'admin.model_constructor.NetConstructor', 'admin.stats.AverageMeter', 'admin.stats.StatValue',
+    'admin.settings.Settings', 'admin.local.EnvironmentSettings', 'admin.environment.EnvSettings')}
 
 
 # ----------------------------------------------------------------------------------------------- exifread stand-ins
