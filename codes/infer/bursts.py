@@ -33,8 +33,8 @@ def _render_band(render: Any, band: torch.Tensor, norm: float | None) -> np.ndar
 
 def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
                records: list[dict] | None = None) -> list[dict]:
-    """A burst network (BSRT, EBSR, Burstormer, BIPNet, DBSR) on every burst under ``opt['input']``; returns one record per
-    burst (appended to ``records`` as each burst is done, so a caller keeps them when a later input fails)."""
+    """A burst network (BSRT, EBSR, Burstormer, BIPNet, DBSR) on every burst under ``opt['input']``; returns one
+    record per burst (appended to ``records`` as each burst is done, so a caller keeps them when a later input fails)."""
     kind = opt['input_kind']
     if kind == 'image':
         raise OptionError('input_kind', "'image' is for DCLS; a BSRT takes bursts (png, raw or burstsr)")
