@@ -16,7 +16,7 @@ import random
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Mapping
+from typing import IO, Any, Callable, Collection, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,9 +25,9 @@ import torch.nn as nn
 from codes.utils.errors import UserError
 from codes.utils.files import atomic_open, atomic_write_text
 
-__all__ = ['atomic_save', 'write_pointer', 'read_pointer', 'load_file', 'extract_state_dict', 'load_network',
-           'load_state_dict_strict', 'get_rng_states', 'set_rng_states', 'find_resume_state', 'STATE_KEYS',
-           'POINTER_NAME', 'CheckpointError', 'SaveError', 'CheckpointNotFoundError']
+__all__ = ['atomic_save', 'write_pointer', 'read_pointer', 'load_file', 'load_weights_only', 'refusal_detail',
+           'extract_state_dict', 'load_network', 'load_state_dict_strict', 'get_rng_states', 'set_rng_states',
+           'find_resume_state', 'STATE_KEYS', 'POINTER_NAME', 'CheckpointError', 'SaveError', 'CheckpointNotFoundError']
 
 logger = logging.getLogger(__name__)
 
@@ -114,25 +114,48 @@ def read_pointer(pointer: str | os.PathLike, states_dir: str | os.PathLike) -> P
     return Path(states_dir) / name if _STATE_NAME.fullmatch(name) else None
 
 
+def refusal_detail(exc: pickle.UnpicklingError) -> str:
+    """What ``torch.load(weights_only=True)`` refused, from its error: the ``WeightsUnpickler error`` line only.
+
+    torch's message goes on to advise loading with ``weights_only=False``, which would run the file's code; that
+    advice is never shown."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if 'WeightsUnpickler error' in ln]
+    return lines[0].split('WeightsUnpickler error:', 1)[1].strip() if lines else type(exc).__name__
+
+
+def load_weights_only(f: str | os.PathLike | IO[bytes], source: str, *,
+                      error: Callable[[str], Exception] = CheckpointError,
+                      advice: str = 'use weights from a source you trust, saved as a state_dict') -> Any:
+    """``torch.load(f, map_location='cpu', weights_only=True)``; a refused or unreadable file raises ``error``.
+
+    The one place where a ``weights_only`` refusal becomes a user error: checkpoints (:func:`load_file`), the
+    SpyNet weights and the tensors inside dataset pickles all load through it, so each refusal is one line naming
+    ``source`` and what was refused, and nothing beyond tensors and plain containers is unpickled.
+
+    Args:
+        f: a file path or a binary stream.
+        source: names the file in messages (for a stream: where its bytes come from).
+        error: the exception class raised (a :class:`UserError` subclass, so the entry points print one line).
+        advice: the end of the refusal message, what to do instead.
+    """
+    try:
+        return torch.load(f, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise error(f'{source}: cannot be loaded safely: it holds objects other than tensors and plain '
+                    f'containers ({refusal_detail(exc)}), and loading it would run code from the file. It was not '
+                    f'loaded; {advice}') from None
+    except Exception as exc:
+        raise error(f'{source}: not a readable PyTorch checkpoint (truncated or another format): '
+                    f'{type(exc).__name__}: {exc}') from None
+
+
 def load_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(f'checkpoint not found: {path}' + (' (a folder, not a file)' if path.is_dir()
                                                                          else ''))
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message advises loading with weights_only=False, which would run the file's code: keep only the
-        # line that says what was refused
-        lines = [ln.strip() for ln in str(exc).splitlines() if 'WeightsUnpickler error' in ln]
-        detail = lines[0].split('WeightsUnpickler error:', 1)[1].strip() if lines else type(exc).__name__
-        raise CheckpointError(f'{path}: cannot be loaded safely: it holds objects other than tensors and plain '
-                              f'containers ({detail}), and loading it would run code from the file. It was not '
-                              'loaded; use weights from a source you trust, saved as a state_dict') from None
-    except Exception as exc:
-        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another format): '
-                              f'{type(exc).__name__}: {exc}') from None
+    return load_weights_only(path, str(path))
 
 
 def extract_state_dict(ckpt: Any, param_key: str = 'params', source: str = 'checkpoint') -> dict[str, torch.Tensor]:
