@@ -115,12 +115,20 @@ def read_pointer(pointer: str | os.PathLike, states_dir: str | os.PathLike) -> P
 
 
 def refusal_detail(exc: pickle.UnpicklingError) -> str:
-    """What ``torch.load(weights_only=True)`` refused, from its error: the ``WeightsUnpickler error`` line only.
+    """What ``torch.load(weights_only=True)`` refused, from its error (``Trying to load unsupported GLOBAL
+    posix.system ...``, ``Unsupported operand 149``), without torch's boilerplate.
 
-    torch's message goes on to advise loading with ``weights_only=False``, which would run the file's code; that
-    advice is never shown."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if 'WeightsUnpickler error' in ln]
-    return lines[0].split('WeightsUnpickler error:', 1)[1].strip() if lines else type(exc).__name__
+    torch's message also advises loading with ``weights_only=False``, which would run the file's code; no line
+    that mentions ``weights_only`` is kept."""
+    kept = []
+    for line in (ln.strip() for ln in str(exc).splitlines()):
+        if 'WeightsUnpickler error:' in line:
+            line = line.split('WeightsUnpickler error:', 1)[1].strip()
+        elif line.startswith(('Weights only load failed', 'Check the documentation', 'Please file an issue')):
+            continue
+        if line and 'weights_only' not in line:
+            kept.append(line)
+    return '; '.join(kept).rstrip('.') or type(exc).__name__
 
 
 def load_weights_only(f: str | os.PathLike | IO[bytes], source: str, *,
