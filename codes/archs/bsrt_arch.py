@@ -27,6 +27,7 @@ from codes.archs.arch_util import IMPLS, DCNSep, FlowGuidedDCN, Impl, SpyNet, fl
 from codes.archs.burst_blocks import BurstHeadMixin, icnr_, up2
 from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, WindowAttention, shift_mask
 from codes.utils.build import OptionProblems, raise_option_problems
+from codes.utils.checkpoint import CheckpointNotFoundError
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['BSRT', 'FlowGuidedPCDAlign', 'BSRT_LEVELS', 'UPSAMPLE_INITS']
@@ -205,6 +206,10 @@ class BSRT(BurstHeadMixin, nn.Module):
             icnr_(self.conv_after_pre_layer, 2)  # followed by mid_ps
         self.set_impl(impl)
         if spynet_path is not None:
+            if not Path(spynet_path).is_file():  # a file's existence is checked when it is read, not by validation
+                raise CheckpointNotFoundError(f"option 'network_g.spynet_path': SpyNet weight file not found: "
+                                              f'{spynet_path} (weights are never downloaded; leave it empty for a '
+                                              'random init)')
             load_spynet_weights(self.spynet, spynet_path)
 
     # ------------------------------------------------------------------ construction helpers
@@ -218,10 +223,6 @@ class BSRT(BurstHeadMixin, nn.Module):
         if args['upsample_init'] not in UPSAMPLE_INITS:
             problems.append(('upsample_init', f"expected one of {', '.join(UPSAMPLE_INITS)}, "
                              f"got {args['upsample_init']!r}"))
-        spynet_path = args['spynet_path']
-        if spynet_path is not None and not Path(spynet_path).is_file():
-            problems.append(('spynet_path', f'SpyNet weight file not found: {spynet_path} (weights are never '
-                             'downloaded; leave it empty for a random init)'))
         level = args['level']
         if level is not None and level not in BSRT_LEVELS:
             return problems + [('level', f'expected one of {sorted(BSRT_LEVELS)} or None, got {level!r}')]

@@ -160,16 +160,14 @@ class PWCNetFlow(nn.Module):
 
 def flow_estimator_problems(flow_estimator: str, pwcnet_path: str | None) -> OptionProblems:
     """The problems of a flow estimator choice, as (key, message) pairs (the ``check_options`` of the classes that
-    take these options, see ``codes.utils.build``): an unknown estimator, 'pwcnet' without weights, missing weights.
-    """
+    take these options, see ``codes.utils.build``): an unknown estimator, or 'pwcnet' without weights. Whether the
+    weights file exists is checked when it is read (:func:`build_flow_estimator`), so that an option file can be
+    validated on a machine without it."""
     if flow_estimator not in FLOW_ESTIMATORS:
         return [('flow_estimator', f"must be one of {', '.join(FLOW_ESTIMATORS)}, got {flow_estimator!r}")]
     if flow_estimator == 'pwcnet' and not pwcnet_path:
         return [('flow_estimator', "'pwcnet' needs pwcnet_path, the local pwcnet-network-default.pth (it is never "
                  'downloaded)')]
-    if pwcnet_path and flow_estimator != 'dis' and not os.path.isfile(pwcnet_path):
-        return [('pwcnet_path', f'PWC-Net weights {pwcnet_path!r} not found (download pwcnet-network-default.pth '
-                 'yourself; see README.md, BurstSR real-world track)')]
     return []
 
 
@@ -182,6 +180,10 @@ def build_flow_estimator(flow_estimator: str = 'auto', pwcnet_path: str | None =
     OptionErrors.raise_all([OptionError(f'{where}.{key}' if where else key, message)
                             for key, message in flow_estimator_problems(flow_estimator, pwcnet_path)])
     if flow_estimator == 'pwcnet' or (flow_estimator == 'auto' and pwcnet_path):
+        if not os.path.isfile(pwcnet_path):
+            raise OptionError(f'{where}.pwcnet_path' if where else 'pwcnet_path', f'PWC-Net weights {pwcnet_path!r} '
+                              'not found (download pwcnet-network-default.pth yourself; see README.md, BurstSR '
+                              'real-world track)')
         return PWCNetFlow(pwcnet_path)
     if flow_estimator == 'auto':
         logger.warning('%s: no PWC-Net weights given (pwcnet_path), so the alignment uses OpenCV DIS optical flow: '

@@ -264,8 +264,7 @@ def test_only_declared_constructor_checks_become_option_errors():
     ({'type': 'EBSR', 'n_feats': 12}, 'n_feats'),
     ({'type': 'Burstormer', 'num_features': 12}, 'num_features'),
     ({'type': 'DCLS', 'nf': 12, 'reduction': 4}, 'nf'),
-    ({'type': 'BSRT', 'level': None, 'embed_dim': 12, 'depths': [1, 1], 'num_heads': 2, 'spynet_path': 'no.pth'},
-     'spynet_path'),
+    ({'type': 'BSRT', 'level': None, 'embed_dim': 12, 'depths': [1, 1], 'num_heads': 2, 'impl': 'turbo'}, 'impl'),
 ])
 def test_every_network_reports_its_checks_with_the_other_problems(net, key):
     from codes.utils.option_validation import validate_options
