@@ -33,8 +33,8 @@ class _Ctx:
         self.errors: list[OptionError] = []
 
     def add(self, exc: OptionError, hint: str = '') -> object:
-        for e in OptionErrors.flatten(exc):
-            self.errors.append(OptionError(e.where, f'{e.detail}. {hint}' if hint else e.detail, e.file))
+        for e in OptionErrors.flatten(exc):  # the class is kept (a ConstructorOptionError stays one)
+            self.errors.append(type(e)(e.where, f'{e.detail}. {hint}' if hint else e.detail, e.file))
         return _BAD
 
     def error(self, where: str, message: str) -> object:

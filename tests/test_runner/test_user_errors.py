@@ -282,3 +282,13 @@ def test_every_network_reports_its_checks_with_the_other_problems(net, key):
     import importlib
     with pytest.raises(ValueError, match=f"option '{key}': "):  # built directly: the bare key
         getattr(importlib.import_module(cls), net['type'])(**built)
+
+
+def test_tune_probe_leaves_joint_constructor_checks_to_the_trials(tmp_path, sample_data):
+    """embed_dim 15 fails with the base's num_heads 2 but holds with the sampled 3: the search space is accepted;
+    a value no constructor check is involved in is still refused up front."""
+    from codes.tune.search_space import check_search_space, parse_search_space
+    base = tiny_options(tmp_path, sample_data)
+    check_search_space(base, parse_search_space({'network_g.embed_dim': [12, 15], 'network_g.num_heads': [2, 3]}))
+    with pytest.raises(OptionError, match=r"search_space\.network_g\.window_size'.*'eight' is not valid here"):
+        check_search_space(base, parse_search_space({'network_g.window_size': [8, 'eight']}))
