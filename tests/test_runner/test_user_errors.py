@@ -23,7 +23,9 @@ import torch
 
 from codes.archs import build_network
 from codes.utils.build import OptionError, build_from_registry, option_problems
+from codes.utils.errors import run_cli
 from codes.utils.registry import Registry
+from codes.utils.safe_pickle import RefusedPickleError
 from tests.test_data.test_lmdb import _photo, _raw_lmdb
 from tests.test_infer.helpers import write_png_burst
 from tests.test_runner.test_dcls_runner import TINY_NET as TINY_DCLS
@@ -100,6 +102,9 @@ def _cases(tmp: Path, sample_data: Path) -> dict[str, Case]:
     lmdb_io = {'io_backend': {'type': 'lmdb'}}
     cases['train_burstsr_folder'] = Case('train.py', ['-opt', opt_file('t_bsr', _real_train_options(
         tmp, {'dataroot': str(bsr)}))], [str(bsr), 'meta_info.pkl'], bsr_mark)
+    workers = _real_train_options(tmp, {'dataroot': str(bsr), 'num_worker_per_gpu': 1})
+    cases['train_burstsr_folder_workers'] = Case('train.py', ['-opt', opt_file('t_bsr_w', workers)],
+                                                 [str(bsr), 'meta_info.pkl'], bsr_mark)
     cases['train_burstsr_lmdb'] = Case('train.py', ['-opt', opt_file('t_bsr_lmdb', _real_train_options(
         tmp, {'dataroot': str(tmp / 'bsr.lmdb'), **lmdb_io}))], ['bsr.lmdb', 'meta_info'], bsr_mark)
     bsr_val = {'type': 'BurstSRDataset', 'split': 'val', 'burst_size': 2, 'crop_size': 32, 'center_crop': True,
@@ -198,7 +203,7 @@ def runs(tmp_path_factory, sample_data) -> dict[str, tuple[Case, subprocess.Comp
         return {name: (cases[name], f.result()) for name, f in futures.items()}
 
 
-PATHS = ['train_burstsr_folder', 'train_burstsr_lmdb', 'test_burstsr_folder', 'test_burstsr_lmdb',
+PATHS = ['train_burstsr_folder', 'train_burstsr_folder_workers', 'train_burstsr_lmdb', 'test_burstsr_folder', 'test_burstsr_lmdb',
          'infer_burstsr_folder', 'test_synval_gt', 'train_synval_gt_validation', 'infer_png_burst',
          'train_dcls_lmdb', 'train_spynet_raw_pickle', 'test_spynet_zip', 'infer_tile_overlap',
          'train_constructor_check']
@@ -292,3 +297,32 @@ def test_tune_probe_leaves_joint_constructor_checks_to_the_trials(tmp_path, samp
     check_search_space(base, parse_search_space({'network_g.embed_dim': [12, 15], 'network_g.num_heads': [2, 3]}))
     with pytest.raises(OptionError, match=r"search_space\.network_g\.window_size'.*'eight' is not valid here"):
         check_search_space(base, parse_search_space({'network_g.window_size': [8, 'eight']}))
+
+
+class _Raises(torch.utils.data.Dataset):
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        raise self.exc
+
+
+@pytest.mark.parametrize('exc', [RefusedPickleError('/x/meta_info.pkl: refusing to unpickle the global ...'),
+                                 OptionError('datasets.train.crop_size', 'too large for the frames')])
+def test_user_errors_of_dataloader_workers_are_one_line(capsys, exc):
+    """torch re-raises a worker's exception with the worker's traceback as its message (or as a RuntimeError when
+    the class takes more than one argument): run_cli still prints the original message alone."""
+    loader = torch.utils.data.DataLoader(_Raises(exc), num_workers=1)
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: next(iter(loader)), 'train.py')
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f'train.py: error: {exc}\n'
+
+
+def test_a_bug_in_a_dataloader_worker_keeps_its_traceback():
+    loader = torch.utils.data.DataLoader(_Raises(ZeroDivisionError('a bug')), num_workers=1)
+    with pytest.raises(ZeroDivisionError, match='Original Traceback'):
+        run_cli(lambda: next(iter(loader)), 'train.py')
