@@ -6,10 +6,10 @@ scalars, and torch tensors written by ``pickle.dump(tensor)``. Those reach ``tor
 would call a full ``torch.load``; it is replaced by a version that loads with ``weights_only=True``
 (``codes.utils.checkpoint.load_weights_only``). Anything else raises :class:`RefusedPickleError` naming the file
 and the refused global, as does a truncated or corrupt file. It is a ``UserError`` (the entry points print it as one
-line, exit status 2, no traceback) and a ``pickle.UnpicklingError``; the refusal is made before anything is built. Datasets whose pickles carry other
-objects pass stand-ins through ``extra_allowed``; ``EXIFREAD_ALLOWED`` holds the stand-ins for the ``exifread`` 2.x
-classes in BurstSR's ``meta_info.pkl`` (``exifread.classes.IfdTag`` and ``exifread.utils.Ratio``), so those pickles
-load without exifread and without running code.
+line, exit status 2, no traceback) and a ``pickle.UnpicklingError``; a refused global is never called. Datasets
+whose pickles carry other objects pass stand-ins through ``extra_allowed``; ``EXIFREAD_ALLOWED`` holds the
+stand-ins for the ``exifread`` 2.x classes in BurstSR's ``meta_info.pkl`` (``exifread.classes.IfdTag`` and
+``exifread.utils.Ratio``), so those pickles load without exifread and without running code.
 """
 from __future__ import annotations
 

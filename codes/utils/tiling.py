@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from codes.utils.build import OptionError
 from codes.utils.errors import UserError
 
-__all__ = ['pad_to_multiple', 'tile_overlap_error', 'check_tile_overlap', 'tile_starts', 'ramp_weights', 'tiled_forward', 'tiled_forward_rows', 'round_tile',
-           'tiled_memory_bytes', 'available_memory_bytes', 'check_memory', 'OutputMemoryError']
+__all__ = ['pad_to_multiple', 'tile_overlap_error', 'check_tile_overlap', 'tile_starts', 'ramp_weights',
+           'tiled_forward', 'tiled_forward_rows', 'round_tile', 'tiled_memory_bytes', 'available_memory_bytes',
+           'check_memory', 'OutputMemoryError']
 
 logger = logging.getLogger(__name__)
 

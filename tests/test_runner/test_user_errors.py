@@ -203,8 +203,8 @@ def runs(tmp_path_factory, sample_data) -> dict[str, tuple[Case, subprocess.Comp
         return {name: (cases[name], f.result()) for name, f in futures.items()}
 
 
-PATHS = ['train_burstsr_folder', 'train_burstsr_folder_workers', 'train_burstsr_lmdb', 'test_burstsr_folder', 'test_burstsr_lmdb',
-         'infer_burstsr_folder', 'test_synval_gt', 'train_synval_gt_validation', 'infer_png_burst',
+PATHS = ['train_burstsr_folder', 'train_burstsr_folder_workers', 'train_burstsr_lmdb', 'test_burstsr_folder',
+         'test_burstsr_lmdb', 'infer_burstsr_folder', 'test_synval_gt', 'train_synval_gt_validation', 'infer_png_burst',
          'train_dcls_lmdb', 'train_spynet_raw_pickle', 'test_spynet_zip', 'infer_tile_overlap',
          'train_constructor_check']
 
