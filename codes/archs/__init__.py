@@ -1,4 +1,27 @@
-"""Network architectures (``*_arch.py``), built by name from the ``network_g`` option block."""
+"""Network architectures (``*_arch.py``), built by name from the ``network_g`` option block.
+
+A network's deliberate value checks (a width divisible by a group count, a choice among published settings) are
+declared, so that the option validation reports each as one line naming ``network_g.<key>`` with the other
+problems of the file (see :mod:`codes.utils.build`)::
+
+    @ARCH_REGISTRY.register()
+    class MyNet(nn.Module):
+        @classmethod
+        def check_options(cls, args: Mapping[str, Any]) -> OptionProblems:
+            problems = []
+            if args['num_feat'] % args['groups']:
+                problems.append(('num_feat', f"({args['num_feat']}) must be divisible by 'groups' ({args['groups']})"))
+            return problems
+
+        def __init__(self, num_feat: int = 64, groups: int = 8) -> None:
+            super().__init__()
+            raise_option_problems(MyNet, locals())
+            ...
+
+``args`` holds every constructor argument (given or default, already type-checked against the hints). Only these
+checks are user errors; anything else a constructor raises keeps its traceback. Checks of input shapes belong in
+``forward``, and a file's existence is checked where the file is read.
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping

@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
-from codes.utils.checkpoint import load_state_dict_strict
+from codes.utils.checkpoint import (CheckpointError, CheckpointNotFoundError, load_state_dict_strict,
+                                    load_weights_only)
 
 __all__ = [
     'Impl', 'IMPLS', 'resolve_impl', 'flow_warp', 'modulated_deform_conv2d', 'dcn_offset_mask', 'FlowGuidedDCN',
-    'DCNSep', 'GroupedDeformConv', 'SpyNet', 'load_spynet_weights'
+    'DCNSep', 'GroupedDeformConv', 'SpyNet', 'load_spynet_weights', 'SpyNetWeightsError'
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -451,23 +452,27 @@ class SpyNet(nn.Module):
         return out
 
 
+class SpyNetWeightsError(CheckpointError, ValueError):
+    """A SpyNet weight file that is refused (it would run code), unreadable or not in the official layout."""
+
+
 def load_spynet_weights(spynet: SpyNet, path: str | Path) -> None:
     """Load the official SpyNet file (``{'params': {60 conv tensors}}``, e.g. ``spynet_sintel_final-3d2a1287.pth``).
 
-    ``mean``/``std`` are not in that file and keep their values. Raises ``FileNotFoundError`` for a missing file
-    and ``ValueError`` naming the file when it is not in that format.
+    ``mean``/``std`` are not in that file and keep their values. The file is read with ``weights_only=True``
+    (:func:`codes.utils.checkpoint.load_weights_only`). Raises ``CheckpointNotFoundError`` for a missing file and
+    :class:`SpyNetWeightsError` naming the file when it is refused, unreadable or not in that format; both are user
+    errors (one line at the entry points).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'SpyNet weight file not found: {path}')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:
-        raise ValueError(f'{path}: cannot be read as a SpyNet weight file ({type(exc).__name__}: {exc})') from exc
+        raise CheckpointNotFoundError(f'SpyNet weight file not found: {path}')
+    ckpt = load_weights_only(path, str(path), error=SpyNetWeightsError,
+                             advice='use the official SpyNet weights (spynet_sintel_final-3d2a1287.pth)')
     fmt = (f"expected a dict with key 'params' holding the {len(list(spynet.parameters()))} tensors "
            "basic_module.{0..5}.basic_module.{0,2,4,6,8}.{weight,bias}")
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get('params'), Mapping):
         keys = list(ckpt)[:5] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise ValueError(f'{path}: not a SpyNet weight file: {fmt}; found {keys}')
+        raise SpyNetWeightsError(f'{path}: not a SpyNet weight file: {fmt}; found {keys}')
     load_state_dict_strict(spynet, ckpt['params'], str(path), mismatch=f'not a SpyNet weight file ({fmt})',
-                           optional=[name for name, _ in spynet.named_buffers()], error=ValueError)
+                           optional=[name for name, _ in spynet.named_buffers()], error=SpyNetWeightsError)

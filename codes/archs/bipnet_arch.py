@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from codes.archs.arch_util import IMPLS, GroupedDeformConv, Impl, _fp32, _no_autocast, dcn_offset_mask
 from codes.archs.burst_blocks import Frames
 from codes.data.input_errors import InputError
+from codes.utils.build import OptionProblems, raise_option_problems
 from codes.utils.checkpoint import CheckpointLayoutError, unwrap_checkpoint
 from codes.utils.registry import ARCH_REGISTRY
 
@@ -208,21 +209,31 @@ class BIPNet(nn.Module):
     num_features = 64
     deformable_groups = 8
 
+    @classmethod
+    def check_options(cls, args: Mapping[str, Any]) -> OptionProblems:
+        """The deliberate value checks of the constructor, as (key, message) pairs (see ``codes.utils.build``)."""
+        problems: OptionProblems = []
+        if args['track'] not in BIPNET_TRACKS:
+            problems.append(('track', f"expected one of {list(BIPNET_TRACKS)}, got {args['track']!r}"))
+        if args['burst_size'] != 14:
+            problems.append(('burst_size', 'BIPNet takes bursts of 14 frames (its pseudo-burst conv has one kernel '
+                                           f"per frame), got {args['burst_size']}"))
+        if args['impl'] not in IMPLS:
+            problems.append(('impl', f"expected one of {', '.join(IMPLS)}, got {args['impl']!r}"))
+        for key in ('num_blocks', 'num_units', 'unet_units'):
+            if args[key] < 1:
+                problems.append((key, f'must be >= 1, got {args[key]}'))
+        blocks = list(args['unet_blocks'])
+        if len(blocks) != 5 or min(blocks, default=0) < 1:
+            problems.append(('unet_blocks', f'expected five block counts >= 1, got {blocks}'))
+        return problems
+
     def __init__(self, track: Literal['synthetic', 'real'] = 'synthetic', burst_size: Literal[14] = 14,
                  num_blocks: int = 3, num_units: int = 3, unet_blocks: Sequence[int] = (2, 2, 1, 2, 2),
                  unet_units: int = 2, impl: Impl = 'auto') -> None:
         super().__init__()
-        if track not in BIPNET_TRACKS:
-            raise ValueError(f"option 'track': expected one of {list(BIPNET_TRACKS)}, got {track!r}")
-        if burst_size != 14:
-            raise ValueError(f"option 'burst_size': BIPNet takes bursts of 14 frames (its pseudo-burst conv has one "
-                             f'kernel per frame), got {burst_size}')
-        if impl not in IMPLS:
-            raise ValueError(f"option 'impl': expected one of {', '.join(IMPLS)}, got {impl!r}")
+        raise_option_problems(BIPNet, locals())
         unet_blocks = tuple(unet_blocks)
-        if len(unet_blocks) != 5 or min(unet_blocks) < 1 or min(num_blocks, num_units, unet_units) < 1:
-            raise ValueError(f"options 'num_blocks', 'num_units', 'unet_units' must be >= 1 and 'unet_blocks' five "
-                             f'counts >= 1, got {num_blocks}, {num_units}, {unet_units}, {list(unet_blocks)}')
         self.track = track
         self.burst_size = burst_size
         nf, groups = self.num_features, self.deformable_groups

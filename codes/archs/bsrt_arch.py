@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, Sequence, get_args
+from typing import Any, Literal, Mapping, Sequence, get_args
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,8 @@ import torch.nn as nn
 from codes.archs.arch_util import IMPLS, DCNSep, FlowGuidedDCN, Impl, SpyNet, flow_warp, load_spynet_weights
 from codes.archs.burst_blocks import BurstHeadMixin, icnr_, up2
 from codes.archs.swin_blocks import RSTB, PatchEmbed, PatchUnEmbed, SwinTransformerBlock, WindowAttention, shift_mask
+from codes.utils.build import OptionProblems, raise_option_problems
+from codes.utils.checkpoint import CheckpointNotFoundError
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['BSRT', 'FlowGuidedPCDAlign', 'BSRT_LEVELS', 'UPSAMPLE_INITS']
@@ -144,14 +146,8 @@ class BSRT(BurstHeadMixin, nn.Module):
                  spynet_path: str | None = None, use_checkpoint: bool = False, impl: Impl = 'auto',
                  upsample_init: UpsampleInit = 'default') -> None:
         super().__init__()
-        if impl not in IMPLS:
-            raise ValueError(f"option 'impl': expected one of {', '.join(IMPLS)}, got {impl!r}")
-        if upsample_init not in UPSAMPLE_INITS:
-            raise ValueError(f"option 'upsample_init': expected one of {', '.join(UPSAMPLE_INITS)}, "
-                             f'got {upsample_init!r}')
+        raise_option_problems(BSRT, locals())
         embed_dim, depths, heads = self._resolve_hparams(level, embed_dim, depths, num_heads)
-        self._validate(embed_dim, depths, heads, window_size, mlp_ratio, burst_size, num_feat, deformable_groups,
-                       drop_path_rate)
         self.level = level
         self.embed_dim = embed_dim
         self.depths = depths
@@ -210,59 +206,75 @@ class BSRT(BurstHeadMixin, nn.Module):
             icnr_(self.conv_after_pre_layer, 2)  # followed by mid_ps
         self.set_impl(impl)
         if spynet_path is not None:
-            if not Path(spynet_path).is_file():
-                raise FileNotFoundError(f"option 'network_g.spynet_path': SpyNet weight file not found: "
-                                        f'{spynet_path} (weights are never downloaded; leave it empty for a '
-                                        'random init)')
+            if not Path(spynet_path).is_file():  # a file's existence is checked when it is read, not by validation
+                raise CheckpointNotFoundError(f"option 'network_g.spynet_path': SpyNet weight file not found: "
+                                              f'{spynet_path} (weights are never downloaded; leave it empty for a '
+                                              'random init)')
             load_spynet_weights(self.spynet, spynet_path)
 
     # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def check_options(cls, args: Mapping[str, Any]) -> OptionProblems:
+        """The deliberate value checks of the constructor, as (key, message) pairs (see ``codes.utils.build``):
+        ``args`` holds every constructor argument."""
+        problems: OptionProblems = []
+        if args['impl'] not in IMPLS:
+            problems.append(('impl', f"expected one of {', '.join(IMPLS)}, got {args['impl']!r}"))
+        if args['upsample_init'] not in UPSAMPLE_INITS:
+            problems.append(('upsample_init', f"expected one of {', '.join(UPSAMPLE_INITS)}, "
+                             f"got {args['upsample_init']!r}"))
+        level = args['level']
+        if level is not None and level not in BSRT_LEVELS:
+            return problems + [('level', f'expected one of {sorted(BSRT_LEVELS)} or None, got {level!r}')]
+        base = dict(BSRT_LEVELS[level]) if level is not None else {'num_heads': 6}
+        base.update({k: args[k] for k in ('embed_dim', 'depths', 'num_heads') if args[k] is not None})
+        missing = [k for k in ('embed_dim', 'depths') if k not in base]
+        if missing:
+            return problems + [(k, 'must be given when level is None') for k in missing]
+        embed_dim, depths, heads = base['embed_dim'], base['depths'], base['num_heads']
+        if isinstance(depths, (int, str)) or len(depths) < 2:
+            return problems + [('depths', 'expected a list of at least 2 block counts (pre_layers, then one or '
+                                f'more residual Swin groups), got {depths!r}')]
+        heads_t = (heads, ) * len(depths) if isinstance(heads, int) else tuple(heads)
+        if len(heads_t) != len(depths):
+            return problems + [('num_heads', f'give one value or one per entry of depths ({len(depths)}), '
+                                f'got {heads!r}')]
+        if embed_dim < 1:
+            problems.append(('embed_dim', f'must be >= 1, got {embed_dim}'))
+        elif any(h < 1 or embed_dim % h for h in heads_t):
+            problems.append(('embed_dim', f"({embed_dim}) must be divisible by every 'num_heads' entry, got "
+                             f'num_heads {heads!r}'))
+        if any(d < 1 for d in depths):
+            problems.append(('depths', f'every entry must be >= 1, got {list(depths)}'))
+        if args['window_size'] < 2:
+            problems.append(('window_size', f"must be >= 2, got {args['window_size']}"))
+        if args['mlp_ratio'] <= 0:
+            problems.append(('mlp_ratio', f"must be > 0, got {args['mlp_ratio']}"))
+        if args['burst_size'] < 1:
+            problems.append(('burst_size', f"must be >= 1, got {args['burst_size']}"))
+        num_feat, groups = args['num_feat'], args['deformable_groups']
+        if groups < 1:
+            problems.append(('deformable_groups', f'must be >= 1, got {groups}'))
+        elif num_feat < 1 or num_feat % groups:
+            problems.append(('num_feat', f"({num_feat}) must be positive and divisible by 'deformable_groups' "
+                             f'({groups})'))
+        if not 0.0 <= args['drop_path_rate'] < 1.0:
+            problems.append(('drop_path_rate', f"must be in [0, 1), got {args['drop_path_rate']}"))
+        return problems
+
     @staticmethod
     def _resolve_hparams(level: str | None, embed_dim: int | None, depths: Sequence[int] | None,
                          num_heads: Sequence[int] | int | None) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-        if level is not None and level not in BSRT_LEVELS:
-            raise ValueError(f"option 'level': expected one of {sorted(BSRT_LEVELS)} or None, got {level!r}")
+        """embed_dim, depths and one head count per stage, from the level and the explicit values (checked by
+        :meth:`check_options` before)."""
         base = dict(BSRT_LEVELS[level]) if level is not None else {'num_heads': 6}
         for key, value in (('embed_dim', embed_dim), ('depths', depths), ('num_heads', num_heads)):
             if value is not None:
                 base[key] = value
-        missing = [k for k in ('embed_dim', 'depths') if k not in base]
-        if missing:
-            raise ValueError(f"with level None the option(s) {', '.join(missing)} must be given")
-        if isinstance(base['depths'], (int, str)) or len(base['depths']) < 2:
-            raise ValueError(f"option 'depths': expected a list of at least 2 block counts (pre_layers, then one or "
-                             f"more residual Swin groups), got {base['depths']!r}")
         depths_t = tuple(int(d) for d in base['depths'])
         heads = base['num_heads']
         heads_t = (int(heads), ) * len(depths_t) if isinstance(heads, int) else tuple(int(h) for h in heads)
-        if len(heads_t) != len(depths_t):
-            raise ValueError(f"option 'num_heads': give one value or one per entry of depths ({len(depths_t)}), "
-                             f'got {heads!r}')
         return int(base['embed_dim']), depths_t, heads_t
-
-    @staticmethod
-    def _validate(embed_dim: int, depths: tuple[int, ...], heads: tuple[int, ...], window_size: int,
-                  mlp_ratio: float, burst_size: int, num_feat: int, deformable_groups: int,
-                  drop_path_rate: float) -> None:
-        if embed_dim < 1:
-            raise ValueError(f"option 'embed_dim' must be >= 1, got {embed_dim}")
-        if any(d < 1 for d in depths):
-            raise ValueError(f"option 'depths': every entry must be >= 1, got {depths}")
-        bad = [h for h in heads if h < 1 or embed_dim % h]
-        if bad:
-            raise ValueError(f"option 'embed_dim' ({embed_dim}) must be divisible by every 'num_heads' entry, "
-                             f'got num_heads {heads}')
-        if window_size < 2:
-            raise ValueError(f"option 'window_size' must be >= 2, got {window_size}")
-        if mlp_ratio <= 0:
-            raise ValueError(f"option 'mlp_ratio' must be > 0, got {mlp_ratio}")
-        if burst_size < 1:
-            raise ValueError(f"option 'burst_size' must be >= 1, got {burst_size}")
-        if num_feat < 1 or num_feat % deformable_groups:
-            raise ValueError(f"option 'num_feat' ({num_feat}) must be positive and divisible by "
-                             f"'deformable_groups' ({deformable_groups})")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"option 'drop_path_rate' must be in [0, 1), got {drop_path_rate}")
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

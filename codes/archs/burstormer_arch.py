@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from codes.archs.arch_util import GroupedDeformConv, _fp32, _no_autocast, dcn_offset_mask
 from codes.archs.burst_blocks import Frames
 from codes.utils.checkpoint import CheckpointLayoutError, unwrap_checkpoint
+from codes.utils.build import OptionProblems, raise_option_problems
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['Burstormer', 'BURSTORMER_TRACKS', 'convert_burstormer_checkpoint', 'burstormer_track_of']
@@ -298,16 +299,25 @@ class Burstormer(nn.Module):
     #: (multiple, minimum) of the packed h and w: multiples of 4 (two stride-2 levels), at least 4.
     input_size_rule = (4, 4)
 
+    @classmethod
+    def check_options(cls, args: Mapping[str, Any]) -> OptionProblems:
+        """The deliberate value checks of the constructor, as (key, message) pairs (see ``codes.utils.build``)."""
+        problems: OptionProblems = []
+        if args['track'] not in BURSTORMER_TRACKS:
+            problems.append(('track', f"expected one of {list(BURSTORMER_TRACKS)}, got {args['track']!r}"))
+        nf, groups = args['num_features'], args['deformable_groups']
+        if groups < 1:
+            problems.append(('deformable_groups', f'must be >= 1, got {groups}'))
+        elif nf < 2 or nf % 2 or nf % groups:
+            problems.append(('num_features', f"({nf}) must be even and divisible by 'deformable_groups' ({groups})"))
+        if args['burst_size'] < 1:
+            problems.append(('burst_size', f"must be >= 1, got {args['burst_size']}"))
+        return problems
+
     def __init__(self, track: str = 'synthetic', num_features: int = 48, deformable_groups: int = 8,
                  burst_size: int = 14) -> None:
         super().__init__()
-        if track not in BURSTORMER_TRACKS:
-            raise ValueError(f"option 'track': expected one of {list(BURSTORMER_TRACKS)}, got {track!r}")
-        if num_features < 2 or num_features % 2 or num_features % deformable_groups:
-            raise ValueError(f"option 'num_features' ({num_features}) must be even and divisible by "
-                             f"'deformable_groups' ({deformable_groups})")
-        if burst_size < 1:
-            raise ValueError(f"option 'burst_size' must be >= 1, got {burst_size}")
+        raise_option_problems(Burstormer, locals())
         self.track = track
         self.num_features = nf = num_features
         self.burst_size = burst_size

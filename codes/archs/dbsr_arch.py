@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from codes.archs.arch_util import _fp32, _no_autocast, flow_warp
 from codes.archs.burst_blocks import icnr_
 from codes.archs.pwcnet_arch import PWCNet
+from codes.utils.build import OptionProblems, raise_option_problems
 from codes.utils.checkpoint import CheckpointError, extract_state_dict
 from codes.utils.registry import ARCH_REGISTRY
 
@@ -248,6 +249,22 @@ class DBSR(nn.Module):
     #: (multiple, minimum) of the packed h and w: any size (PWC-Net resizes internally, the rest is stride 1).
     input_size_rule = (1, 1)
 
+    @classmethod
+    def check_options(cls, args: Mapping[str, Any]) -> OptionProblems:
+        """The deliberate value checks of the constructor, as (key, message) pairs (see ``codes.utils.build``)."""
+        problems: OptionProblems = []
+        if args['track'] not in DBSR_TRACKS:
+            problems.append(('track', f"expected one of {list(DBSR_TRACKS)}, got {args['track']!r}"))
+        for key in ('enc_init_dim', 'enc_out_dim', 'dec_init_conv_dim', 'dec_post_conv_dim', 'upsample_factor',
+                    'offset_feat_dim', 'weight_pred_proj_dim', 'burst_size'):
+            if args[key] < 1:
+                problems.append((key, f'must be >= 1, got {args[key]}'))
+        if args['gauss_ksz'] < 1 or args['gauss_ksz'] % 2 == 0:
+            problems.append(('gauss_ksz', f"must be odd and >= 1, got {args['gauss_ksz']}"))
+        if args['offset_modulo'] is not None and not args['offset_modulo'] > 0:
+            problems.append(('offset_modulo', f"must be > 0 or null, got {args['offset_modulo']}"))
+        return problems
+
     def __init__(self, track: DBSRTrack = 'synthetic', enc_init_dim: int = 64, enc_num_res_blocks: int = 9,
                  enc_out_dim: int = 512, dec_init_conv_dim: int = 64, dec_num_pre_res_blocks: int = 5,
                  dec_post_conv_dim: int = 32, dec_num_post_res_blocks: int = 4, upsample_factor: int = 8,
@@ -256,18 +273,7 @@ class DBSR(nn.Module):
                  gauss_blur_sd: float | None = 1.0, gauss_ksz: int = 3, burst_size: int = 14,
                  pwcnet_path: str | None = None) -> None:
         super().__init__()
-        if track not in DBSR_TRACKS:
-            raise ValueError(f"option 'track': expected one of {list(DBSR_TRACKS)}, got {track!r}")
-        for key, value in (('enc_init_dim', enc_init_dim), ('enc_out_dim', enc_out_dim),
-                           ('dec_init_conv_dim', dec_init_conv_dim), ('dec_post_conv_dim', dec_post_conv_dim),
-                           ('upsample_factor', upsample_factor), ('offset_feat_dim', offset_feat_dim),
-                           ('weight_pred_proj_dim', weight_pred_proj_dim), ('burst_size', burst_size)):
-            if value < 1:
-                raise ValueError(f"option {key!r} must be >= 1, got {value}")
-        if gauss_ksz < 1 or gauss_ksz % 2 == 0:
-            raise ValueError(f"option 'gauss_ksz' must be odd and >= 1, got {gauss_ksz}")
-        if offset_modulo is not None and not offset_modulo > 0:
-            raise ValueError(f"option 'offset_modulo' must be > 0 or null, got {offset_modulo}")
+        raise_option_problems(DBSR, locals())
         self.track = track
         self.burst_size = burst_size
         self.upsample_factor = upsample_factor

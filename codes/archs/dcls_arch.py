@@ -24,11 +24,13 @@ Estimator.
 from __future__ import annotations
 
 import logging
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from codes.utils.build import OptionProblems, raise_option_problems
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['DCLS', 'Estimator', 'Restorer', 'CLS', 'DPCAB', 'DPCAG', 'CALayer', 'ResidualBlockNoBN',
@@ -340,17 +342,30 @@ class DCLS(nn.Module):
         input_para: length of the Estimator's latent vector (256 in the shipped options).
     """
 
+    @classmethod
+    def check_options(cls, args: Mapping[str, Any]) -> OptionProblems:
+        """The deliberate value checks of the constructor, as (key, message) pairs (see ``codes.utils.build``)."""
+        problems: OptionProblems = []
+        if args['kernel_size'] not in FILTER_STRUCTURES:
+            problems.append(('kernel_size', f'must be one of {sorted(FILTER_STRUCTURES)} (the original supports '
+                             f"only these), got {args['kernel_size']!r}"))
+        if args['scale'] not in UPSCALES:
+            problems.append(('scale', f"must be one of {UPSCALES}, got {args['scale']!r}"))
+        nf, reduction = args['nf'], args['reduction']
+        if reduction < 1:
+            problems.append(('reduction', f'must be >= 1, got {reduction}'))
+        elif nf % reduction or (nf // reduction) % reduction:
+            problems.append(('nf', f'({nf}) must be divisible by reduction ({reduction}) twice (the primitive path '
+                             'has nf/reduction channels with its own channel attention)'))
+        for key in ('nb', 'ng', 'in_nc', 'input_para'):
+            if args[key] < 1:
+                problems.append((key, f'must be >= 1, got {args[key]}'))
+        return problems
+
     def __init__(self, scale: int = 4, kernel_size: int = 21, nf: int = 64, nb: int = 10, ng: int = 5,
                  in_nc: int = 3, reduction: int = 4, input_para: int = 256) -> None:
         super().__init__()
-        if kernel_size not in FILTER_STRUCTURES:
-            raise ValueError(f'network_g.kernel_size must be one of {sorted(FILTER_STRUCTURES)} (the original '
-                             f'supports only these), got {kernel_size!r}')
-        if scale not in UPSCALES:
-            raise ValueError(f'network_g.scale must be one of {UPSCALES}, got {scale!r}')
-        if nf % reduction or (nf // reduction) % reduction:
-            raise ValueError(f'network_g.nf={nf} must be divisible by reduction={reduction} twice '
-                             '(the primitive path has nf/reduction channels with its own channel attention)')
+        raise_option_problems(DCLS, locals())
         self.scale, self.kernel_size = scale, kernel_size
         self.Restorer = Restorer(in_nc=in_nc, nf=nf, nb=nb, ng=ng, scale=scale, reduction=reduction)
         self.Estimator = Estimator(in_nc=in_nc, nf=nf, para_len=input_para, kernel_size=kernel_size)

@@ -19,7 +19,7 @@ Output (B, 3, 4H, 4W) = (B, 3, 8h, 8w): linear camera RGB, not clamped. Parts:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from codes.archs.burst_blocks import BurstHeadMixin, LRSCWideActResGroup, PCDAlign, WideActResBlock, WNConv2d
 from codes.utils.checkpoint import CheckpointError, extract_state_dict
+from codes.utils.build import OptionProblems, raise_option_problems
 from codes.utils.registry import ARCH_REGISTRY
 
 __all__ = ['EBSR', 'NonLocalBlock', 'CrossNonLocalFusion', 'convert_ebsr_checkpoint', 'HEAD_FEAT']
@@ -109,17 +110,25 @@ class EBSR(BurstHeadMixin, nn.Module):
         deformable_groups: offset groups of the DCNs (8).
     """
 
+    @classmethod
+    def check_options(cls, args: Mapping[str, Any]) -> OptionProblems:
+        """The deliberate value checks of the constructor, as (key, message) pairs (see ``codes.utils.build``)."""
+        problems: OptionProblems = []
+        for key in ('n_feats', 'n_resblocks', 'n_resgroups', 'burst_size', 'front_RBs', 'deformable_groups'):
+            value = args[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append((key, f'must be a positive integer, got {value!r}'))
+        if problems:
+            return problems
+        n_feats, groups = args['n_feats'], args['deformable_groups']
+        if n_feats % groups or n_feats % 2:
+            problems.append(('n_feats', f"({n_feats}) must be even and divisible by 'deformable_groups' ({groups})"))
+        return problems
+
     def __init__(self, n_feats: int = 128, n_resblocks: int = 8, n_resgroups: int = 5, burst_size: int = 14,
                  non_local: bool = True, front_RBs: int = 5, deformable_groups: int = 8) -> None:
         super().__init__()
-        for key, value in (('n_feats', n_feats), ('n_resblocks', n_resblocks), ('n_resgroups', n_resgroups),
-                           ('burst_size', burst_size), ('front_RBs', front_RBs),
-                           ('deformable_groups', deformable_groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"option '{key}' must be a positive integer, got {value!r}")
-        if n_feats % deformable_groups or n_feats % 2:
-            raise ValueError(f"option 'n_feats' ({n_feats}) must be even and divisible by 'deformable_groups' "
-                             f'({deformable_groups})')
+        raise_option_problems(EBSR, locals())
         self.num_feat = nf = n_feats
         self.burst_size = burst_size
         self.non_local = bool(non_local)

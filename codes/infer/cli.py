@@ -22,6 +22,7 @@ from codes.utils.build import OptionError, OptionErrors
 from codes.utils.logger import format_options, setup_logging
 from codes.utils.options import (PRECISIONS, TYPED_ARCH, Key, add_common_flags, apply_overrides, fill_defaults,
                                  print_options, read_options, validate_block)
+from codes.utils.tiling import check_tile_overlap
 
 __all__ = ['INPUT_KINDS', 'INFER_SCHEMA', 'build_infer_arg_parser', 'parse_infer_options', 'RUNNERS', 'infer_pipeline']
 
@@ -107,6 +108,7 @@ def parse_infer_options(argv: list[str] | None = None) -> tuple[dict, argparse.N
                   if e.detail == 'required key is missing' else e for e in OptionErrors.flatten(exc)]
         OptionErrors.raise_all(errors)
         raise
+    check_tile_overlap(opt['tile'], opt['tile_overlap'], file)
     opt['arch'] = {k: v for k, v in (('type', args.arch), ('level', args.level), ('burst_size', args.burst_size))
                    if v is not None}
     if args.level and args.arch != 'BSRT':

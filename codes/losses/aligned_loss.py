@@ -7,10 +7,13 @@ pooled over the batch: Σ |pred_m − gt|·valid / (Σ valid · 3 + 1e-12). The 
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch.nn as nn
 from torch import Tensor
 
-from codes.metrics.alignment import SpatialColorAlignment, build_flow_estimator
+from codes.metrics.alignment import SpatialColorAlignment, build_flow_estimator, flow_estimator_problems
+from codes.utils.build import OptionProblems
 from codes.utils.registry import LOSS_REGISTRY
 
 __all__ = ['AlignedL1Loss']
@@ -34,6 +37,11 @@ class AlignedL1Loss(nn.Module):
     """
 
     requires_burst = True  #: the model passes the input burst as the third argument
+
+    @classmethod
+    def check_options(cls, args: Mapping[str, Any]) -> OptionProblems:
+        """The deliberate value checks of the constructor, as (key, message) pairs (see ``codes.utils.build``)."""
+        return flow_estimator_problems(args['flow_estimator'], args['pwcnet_path'])
 
     def __init__(self, boundary_ignore: int = 40, sr_factor: int = 4, flow_estimator: str = 'auto',
                  pwcnet_path: str | None = None, dis_preset: str = 'medium', loss_weight: float = 1.0) -> None:

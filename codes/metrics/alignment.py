@@ -30,8 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from codes.utils.build import OptionError, OptionErrors, OptionProblems
+
 __all__ = ['warp', 'gaussian_kernel', 'match_colors', 'DISFlow', 'PWCNetFlow', 'build_flow_estimator',
-           'SpatialColorAlignment', 'Aligned', 'FLOW_ESTIMATORS']
+           'flow_estimator_problems', 'SpatialColorAlignment', 'Aligned', 'FLOW_ESTIMATORS']
 
 logger = logging.getLogger(__name__)
 
@@ -156,19 +158,32 @@ class PWCNetFlow(nn.Module):
         return self.net.estimate_flow(source.float(), target.float()).to(source.dtype)
 
 
-def build_flow_estimator(flow_estimator: str = 'auto', pwcnet_path: str | None = None,
-                         dis_preset: str = 'medium', where: str = 'flow_estimator') -> nn.Module:
-    """'pwcnet' (needs ``pwcnet_path``), 'dis', or 'auto' (PWC-Net when ``pwcnet_path`` is set, else DIS). DIS logs
-    a warning that its numbers are not comparable with published ones."""
+def flow_estimator_problems(flow_estimator: str, pwcnet_path: str | None) -> OptionProblems:
+    """The problems of a flow estimator choice, as (key, message) pairs (the ``check_options`` of the classes that
+    take these options, see ``codes.utils.build``): an unknown estimator, or 'pwcnet' without weights. Whether the
+    weights file exists is checked when it is read (:func:`build_flow_estimator`), so that an option file can be
+    validated on a machine without it."""
     if flow_estimator not in FLOW_ESTIMATORS:
-        raise ValueError(f"{where}: must be one of {', '.join(FLOW_ESTIMATORS)}, got {flow_estimator!r}")
+        return [('flow_estimator', f"must be one of {', '.join(FLOW_ESTIMATORS)}, got {flow_estimator!r}")]
+    if flow_estimator == 'pwcnet' and not pwcnet_path:
+        return [('flow_estimator', "'pwcnet' needs pwcnet_path, the local pwcnet-network-default.pth (it is never "
+                 'downloaded)')]
+    return []
+
+
+def build_flow_estimator(flow_estimator: str = 'auto', pwcnet_path: str | None = None,
+                         dis_preset: str = 'medium', where: str = '') -> nn.Module:
+    """'pwcnet' (needs ``pwcnet_path``), 'dis', or 'auto' (PWC-Net when ``pwcnet_path`` is set, else DIS). DIS logs
+    a warning that its numbers are not comparable with published ones. A wrong choice or missing weights raise an
+    ``OptionError`` naming ``<where>.<key>``; weights that are refused or do not fit raise a ``CheckpointError``
+    naming the file."""
+    OptionErrors.raise_all([OptionError(f'{where}.{key}' if where else key, message)
+                            for key, message in flow_estimator_problems(flow_estimator, pwcnet_path)])
     if flow_estimator == 'pwcnet' or (flow_estimator == 'auto' and pwcnet_path):
-        if not pwcnet_path:
-            raise ValueError(f"{where}: 'pwcnet' needs pwcnet_path, the local pwcnet-network-default.pth "
-                             '(it is never downloaded)')
         if not os.path.isfile(pwcnet_path):
-            raise FileNotFoundError(f'{where}.pwcnet_path: PWC-Net weights {pwcnet_path!r} not found (download '
-                                    'pwcnet-network-default.pth yourself; see README.md, BurstSR real-world track)')
+            raise OptionError(f'{where}.pwcnet_path' if where else 'pwcnet_path', f'PWC-Net weights {pwcnet_path!r} '
+                              'not found (download pwcnet-network-default.pth yourself; see README.md, BurstSR '
+                              'real-world track)')
         return PWCNetFlow(pwcnet_path)
     if flow_estimator == 'auto':
         logger.warning('%s: no PWC-Net weights given (pwcnet_path), so the alignment uses OpenCV DIS optical flow: '

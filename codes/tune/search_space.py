@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from codes.utils.build import ConstructorOptionError, OptionErrors
 from codes.utils.options import OptionError, set_by_path, validate_options
 
 __all__ = ['SearchParam', 'parse_search_space', 'apply_params', 'check_search_space', 'set_path']
@@ -205,7 +206,9 @@ def check_search_space(base: Mapping[str, Any], params: list[SearchParam], file:
     """Check every parameter's key path and values against the option schema, one parameter at a time.
 
     ``base`` must itself be valid. A value passes if the base with that value validates; a key under a block
-    whose ``type`` is sampled too passes if it validates with at least one of those types.
+    whose ``type`` is sampled too passes if it validates with at least one of those types. A constructor's value
+    check (``check_options``, e.g. BSRT's embed_dim divisible by num_heads) does not refuse a value, since it may
+    hold with the other sampled values; a trial that samples an impossible combination fails with its reason.
     """
     by_key = {p.key: p for p in params}
     for p in params:
@@ -219,7 +222,10 @@ def check_search_space(base: Mapping[str, Any], params: list[SearchParam], file:
                     validate_options(apply_params(base, params, {**ctx, p.key: probe}))
                     break
                 except OptionError as exc:
-                    first = first or exc
+                    errors = [e for e in OptionErrors.flatten(exc) if not isinstance(e, ConstructorOptionError)]
+                    if not errors:  # a constructor's value check may hinge on other sampled keys: left to trials
+                        break
+                    first = first or errors[0]
             else:
                 shown = p.values[probe] if p.kind == 'categorical' else probe
                 at = f' (at {first.where})' if first.where and first.where != p.key else ''

@@ -4,6 +4,21 @@ The keyword arguments are checked against the constructor's signature and type h
 option file with a misspelt or mistyped key fails with a message that names the file and the key path, not with
 a ``TypeError`` from deep inside a constructor. Numeric strings such as ``1e-4`` (a string in YAML 1.1) are
 converted where the hint asks for a number.
+
+**Value checks of a constructor** (a number that must divide another, a file that must exist) are declared, not
+buried in ``__init__``: a class that has them defines
+
+    @classmethod
+    def check_options(cls, args: Mapping[str, Any]) -> list[tuple[str, str]]:
+        ...  # the problems of args (every constructor argument, given or default) as (key, message) pairs
+
+and calls :func:`raise_option_problems` (``raise_option_problems(Cls, locals())``) first thing in its
+``__init__``. The option validation (:mod:`codes.utils.option_validation`) and :func:`build_from_registry` call the
+same method through :func:`option_problems` once the signature and types are right, so each problem is one line
+naming ``<block>.<key>`` (``network_g.embed_dim``), reported with the other problems of the file; built directly,
+the class raises :class:`ConstructorOptionError` naming the bare key. Only these declared checks are user errors:
+anything else a constructor or ``check_options`` raises is a bug and keeps its traceback. Every network of
+``codes/archs`` follows this; a new one adds its checks the same way.
 """
 from __future__ import annotations
 
@@ -17,7 +32,8 @@ from typing import Any, Mapping
 from codes.utils.errors import UserError
 from codes.utils.registry import Registry
 
-__all__ = ['OptionError', 'OptionErrors', 'build_from_registry', 'check_kwargs', 'coerce_value']
+__all__ = ['OptionError', 'OptionErrors', 'ConstructorOptionError', 'OptionProblems', 'build_from_registry',
+           'check_kwargs', 'coerce_value', 'option_problems', 'raise_option_problems']
 
 
 class OptionError(UserError, ValueError):
@@ -62,6 +78,47 @@ class OptionErrors(OptionError):
             raise errors[0]
         if errors:
             raise OptionErrors(errors)
+
+
+class ConstructorOptionError(OptionError):
+    """A value a constructor's ``check_options`` refuses; ``where`` is the key (``network_g.<key>`` in option
+    files, the bare argument name when the class is built directly)."""
+
+
+#: What ``check_options`` returns: (argument name, what is wrong with its value) pairs.
+OptionProblems = list[tuple[str, str]]
+
+
+def _constructor_args(cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every named argument of ``cls.__init__``: the ones in ``given``, the others at their defaults."""
+    params = inspect.signature(cls.__init__).parameters
+    out = {}
+    for name, p in params.items():
+        if name == 'self' or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        if name in given:
+            out[name] = given[name]
+        elif p.default is not p.empty:
+            out[name] = p.default
+    return out
+
+
+def option_problems(cls: Any, kwargs: Mapping[str, Any], where: str = '') -> list[ConstructorOptionError]:
+    """The problems ``cls.check_options`` finds in ``kwargs`` (checked constructor arguments; absent ones take
+    their defaults), each a :class:`ConstructorOptionError` naming ``<where>.<key>``; none for a class without
+    ``check_options``."""
+    check = getattr(cls, 'check_options', None) if inspect.isclass(cls) else None
+    if check is None:
+        return []
+    return [ConstructorOptionError(f'{where}.{key}' if where else key, message)
+            for key, message in check(_constructor_args(cls, kwargs))]
+
+
+def raise_option_problems(cls: type, args: Mapping[str, Any]) -> None:
+    """For the first line of a constructor (``raise_option_problems(Cls, locals())``): raise what
+    ``cls.check_options`` finds in its arguments, one :class:`ConstructorOptionError` (an ``OptionError`` and a
+    ``ValueError``) naming the key, or an :class:`OptionErrors` for several."""
+    OptionErrors.raise_all(list(option_problems(cls, args)))
 
 
 def _type_name(tp: Any) -> str:
@@ -232,4 +289,5 @@ def build_from_registry(registry: Registry, opt: Mapping[str, Any], where: str =
     except KeyError as exc:
         raise OptionError(f'{where}.type', exc.args[0]) from None
     kwargs = check_kwargs(cls, rest, where)
+    OptionErrors.raise_all(list(option_problems(cls, kwargs, where)))
     return cls(**kwargs, **extra)

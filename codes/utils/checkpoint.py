@@ -17,7 +17,7 @@ import re
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Mapping
+from typing import IO, Any, Callable, Collection, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -27,10 +27,10 @@ from codes.utils.errors import UserError
 from codes.utils.files import atomic_open, atomic_write_text
 from codes.utils.safe_pickle import TRAINER_RECORDS_ALLOWED, safe_torch_load
 
-__all__ = ['atomic_save', 'write_pointer', 'read_pointer', 'load_file', 'extract_state_dict', 'load_network',
-           'load_state_dict_strict', 'unwrap_checkpoint', 'get_rng_states', 'set_rng_states', 'find_resume_state',
-           'STATE_KEYS', 'POINTER_NAME', 'CheckpointError', 'CheckpointLayoutError', 'SaveError',
-           'CheckpointNotFoundError']
+__all__ = ['atomic_save', 'write_pointer', 'read_pointer', 'load_file', 'load_weights_only', 'refusal_detail',
+           'extract_state_dict', 'load_network', 'load_state_dict_strict', 'unwrap_checkpoint', 'get_rng_states',
+           'set_rng_states', 'find_resume_state', 'STATE_KEYS', 'POINTER_NAME', 'CheckpointError',
+           'CheckpointLayoutError', 'SaveError', 'CheckpointNotFoundError']
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,62 @@ def read_pointer(pointer: str | os.PathLike, states_dir: str | os.PathLike) -> P
     return Path(states_dir) / name if _STATE_NAME.fullmatch(name) else None
 
 
+def refusal_detail(exc: pickle.UnpicklingError) -> str:
+    """What ``torch.load(weights_only=True)`` refused, from its error (``Trying to load unsupported GLOBAL
+    posix.system ...``, ``Unsupported operand 149``), without torch's boilerplate.
+
+    torch's message also advises loading with ``weights_only=False``, which would run the file's code; no line
+    that mentions ``weights_only`` is kept."""
+    kept = []
+    for line in (ln.strip() for ln in str(exc).splitlines()):
+        if 'WeightsUnpickler error:' in line:
+            line = line.split('WeightsUnpickler error:', 1)[1].strip()
+        elif line.startswith(('Weights only load failed', 'Check the documentation', 'Please file an issue')):
+            continue
+        if line and 'weights_only' not in line:
+            kept.append(line)
+    return '; '.join(kept).rstrip('.') or type(exc).__name__
+
+
+def load_weights_only(f: str | os.PathLike | IO[bytes], source: str, *,
+                      error: Callable[[str], Exception] = CheckpointError,
+                      advice: str = 'use weights from a source you trust, saved as a state_dict',
+                      fallback: Callable[[], Any] | None = None) -> Any:
+    """``torch.load(f, map_location='cpu', weights_only=True)``; a refused or unreadable file raises ``error``.
+
+    The one place where a ``weights_only`` refusal becomes a user error: checkpoints (:func:`load_file`), the
+    SpyNet weights and the tensors inside dataset pickles all load through it, so each refusal is one line naming
+    ``source`` and what was refused, and nothing beyond tensors and plain containers is unpickled.
+
+    Args:
+        f: a file path or a binary stream.
+        source: names the file in messages (for a stream: where its bytes come from).
+        error: the exception class raised (a :class:`UserError` subclass, so the entry points print one line).
+        advice: the end of the refusal message, what to do instead.
+        fallback: called when ``weights_only`` refuses the file, for a second, still restricted reader; its result
+            is returned, and its own refusal (an ``UnpicklingError``) is the one reported.
+    """
+    try:
+        return torch.load(f, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = refusal_detail(exc)
+    except Exception as exc:
+        raise error(_unreadable(source, exc)) from None
+    if fallback is not None:
+        try:
+            return fallback()
+        except pickle.UnpicklingError as exc:
+            detail = str(exc).replace(f'{source}: ', '', 1).splitlines()[0] if str(exc) else detail
+        except Exception as exc:
+            raise error(_unreadable(source, exc)) from None
+    raise error(f'{source}: cannot be loaded safely: it holds objects other than tensors and plain containers '
+                f'({detail}), and loading it would run code from the file. It was not loaded; {advice}')
+
+
+def _unreadable(source: str, exc: Exception) -> str:
+    return f'{source}: not a readable PyTorch checkpoint (truncated or another format): {type(exc).__name__}: {exc}'
+
+
 def load_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file.
 
@@ -132,28 +188,9 @@ def load_file(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise CheckpointNotFoundError(f'checkpoint not found: {path}' + (' (a folder, not a file)' if path.is_dir()
                                                                          else ''))
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message advises loading with weights_only=False, which would run the file's code: keep only the
-        # line that says what was refused
-        lines = [ln.strip() for ln in str(exc).splitlines() if 'WeightsUnpickler error' in ln]
-        detail = lines[0].split('WeightsUnpickler error:', 1)[1].strip() if lines else type(exc).__name__
-    except Exception as exc:
-        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another format): '
-                              f'{type(exc).__name__}: {exc}') from None
-    # a trainer checkpoint that pickles its bookkeeping classes (DBSR's): read again with the restricted unpickler,
-    # which admits those classes only as inert records
-    try:
-        return safe_torch_load(path, TRAINER_RECORDS_ALLOWED)
-    except pickle.UnpicklingError as exc:
-        detail = str(exc).replace(f'{path}: ', '', 1).splitlines()[0] if str(exc) else detail
-        raise CheckpointError(f'{path}: cannot be loaded safely: it holds objects other than tensors and plain '
-                              f'containers ({detail}), and loading it would run code from the file. It was not '
-                              'loaded; use weights from a source you trust, saved as a state_dict') from None
-    except Exception as exc:
-        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or another format): '
-                              f'{type(exc).__name__}: {exc}') from None
+    # a trainer checkpoint that pickles its bookkeeping classes (DBSR's) is read again with the restricted
+    # unpickler, which admits those classes only as inert records
+    return load_weights_only(path, str(path), fallback=lambda: safe_torch_load(path, TRAINER_RECORDS_ALLOWED))
 
 
 def extract_state_dict(ckpt: Any, param_key: str = 'params', source: str = 'checkpoint') -> dict[str, torch.Tensor]:

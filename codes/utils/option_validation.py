@@ -1,7 +1,8 @@
 """Validation and normalisation of option trees against the schema of :mod:`codes.utils.option_schema`.
 
 :func:`validate_options` checks a whole option tree (and :func:`validate_block` one block of a tool's own schema)
-against the schema and the constructors of every ``type`` it names, and reports every problem at once in one
+against the schema and the constructors of every ``type`` it names (their signatures, type hints and declared
+value checks, ``check_options``: see :mod:`codes.utils.build`), and reports every problem at once in one
 :class:`OptionErrors`; :func:`normalize_options` fills in the schema's defaults and derives the run's paths.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from codes.utils.build import OptionError, OptionErrors, check_kwargs, coerce_value
+from codes.utils.build import OptionError, OptionErrors, check_kwargs, coerce_value, option_problems
 from codes.utils.option_schema import (DATASETS, LOADER_SCHEMA, NO_DEFAULT, SUPPLIED_ARGS, TYPED_METRIC,
                                        TYPED_REGISTRIES, TYPED_SCHED, as_key, model_schema)
 from codes.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
@@ -32,8 +33,8 @@ class _Ctx:
         self.errors: list[OptionError] = []
 
     def add(self, exc: OptionError, hint: str = '') -> object:
-        for e in OptionErrors.flatten(exc):
-            self.errors.append(OptionError(e.where, f'{e.detail}. {hint}' if hint else e.detail, e.file))
+        for e in OptionErrors.flatten(exc):  # the class is kept (a ConstructorOptionError stays one)
+            self.errors.append(type(e)(e.where, f'{e.detail}. {hint}' if hint else e.detail, e.file))
         return _BAD
 
     def error(self, where: str, message: str) -> object:
@@ -139,9 +140,15 @@ def _check_typed(kind: str, block: Any, where: str, ctx: _Ctx) -> Any:
             nested = [_check_typed(TYPED_SCHED, b, f'{where}.schedulers[{i}]', ctx) for i, b in enumerate(blocks)]
         rest['schedulers'] = []  # stands in for the list in the signature check
     try:
-        out.update(check_kwargs(cls, rest, where, supplied=SUPPLIED_ARGS.get(kind, ())))
+        checked = check_kwargs(cls, rest, where, supplied=SUPPLIED_ARGS.get(kind, ()))
     except OptionError as exc:
         return ctx.add(exc)
+    problems = option_problems(cls, checked, where)  # the constructor's declared value checks (build.py)
+    for exc in problems:
+        ctx.add(exc)
+    if problems:
+        return _BAD
+    out.update(checked)
     if nested is not None:
         out['schedulers'] = nested
     return out
@@ -177,6 +184,8 @@ def _check_dataset(block: Any, where: str, needs_batch: bool, ctx: _Ctx) -> Any:
         checked = check_kwargs(cls, rest, where)
     except OptionError as exc:
         return ctx.add(exc)
+    for exc in option_problems(cls, checked, where):
+        ctx.add(exc)
     lmdb = False
     if isinstance(checked.get('io_backend'), Mapping):
         from codes.data.io_backend import check_io_backend  # the io_backend block's own check

@@ -3,11 +3,13 @@
 ``pickle.load`` on a downloaded file runs whatever callables the file names. ``safe_load_pickle`` admits only the
 globals such files need: plain containers and numbers, ``collections.OrderedDict``, NumPy arrays, dtypes and
 scalars, and torch tensors written by ``pickle.dump(tensor)``. Those reach ``torch.storage._load_from_bytes``, which
-would call a full ``torch.load``; it is replaced by a version that loads with ``weights_only=True``. Anything else
-raises ``pickle.UnpicklingError`` naming the file and the refused global. Datasets whose pickles carry other
-objects pass stand-ins through ``extra_allowed``; ``EXIFREAD_ALLOWED`` holds the stand-ins for the ``exifread`` 2.x
-classes in BurstSR's ``meta_info.pkl`` (``exifread.classes.IfdTag`` and ``exifread.utils.Ratio``), so those pickles
-load without exifread and without running code.
+would call a full ``torch.load``; it is replaced by a version that loads with ``weights_only=True``
+(``codes.utils.checkpoint.load_weights_only``). Anything else raises :class:`RefusedPickleError` naming the file
+and the refused global, as does a truncated or corrupt file. It is a ``UserError`` (the entry points print it as one
+line, exit status 2, no traceback) and a ``pickle.UnpicklingError``; a refused global is never called. Datasets
+whose pickles carry other objects pass stand-ins through ``extra_allowed``; ``EXIFREAD_ALLOWED`` holds the
+stand-ins for the ``exifread`` 2.x classes in BurstSR's ``meta_info.pkl`` (``exifread.classes.IfdTag`` and
+``exifread.utils.Ratio``), so those pickles load without exifread and without running code.
 
 ``safe_torch_load`` reads a ``torch.save`` file (zip or legacy format) through the same admission rule, for
 trainer checkpoints that pickle their own bookkeeping classes, which ``torch.load(weights_only=True)`` refuses.
@@ -19,20 +21,32 @@ from __future__ import annotations
 
 import collections
 import fractions
+import functools
 import io
 import os
 import pickle
 import types
 from typing import Any, Mapping
 
-__all__ = ['safe_load_pickle', 'safe_loads_pickle', 'safe_torch_load', 'SafeUnpickler', 'DEFAULT_ALLOWED', 'IfdTag',
-           'Ratio', 'EXIFREAD_ALLOWED', 'ForeignRecord', 'record_class', 'TRAINER_RECORDS_ALLOWED']
+from codes.utils.errors import UserError
+
+__all__ = ['safe_load_pickle', 'safe_loads_pickle', 'safe_torch_load', 'SafeUnpickler', 'RefusedPickleError',
+           'DEFAULT_ALLOWED', 'IfdTag', 'Ratio', 'EXIFREAD_ALLOWED', 'ForeignRecord', 'record_class',
+           'TRAINER_RECORDS_ALLOWED']
 
 
-def _load_storage_from_bytes(data: bytes) -> Any:
+class RefusedPickleError(UserError, pickle.UnpicklingError):
+    """A pickle this reader refuses (a global it does not admit) or cannot read; the message names the file."""
+
+
+_STORAGE_KEY = 'torch.storage._load_from_bytes'
+
+
+def _load_storage_from_bytes(data: bytes, source: str = '<bytes>') -> Any:
     """Safe stand-in for ``torch.storage._load_from_bytes``: the payload is a ``torch.save`` stream."""
-    import torch
-    return torch.load(io.BytesIO(data), weights_only=True, map_location='cpu')
+    from codes.utils.checkpoint import load_weights_only
+    return load_weights_only(io.BytesIO(data), f'{source} (a tensor inside it)', error=RefusedPickleError,
+                             advice='use data from a source you trust')
 
 
 def _default_allowed() -> dict[str, Any]:
@@ -72,7 +86,7 @@ def _default_allowed() -> dict[str, Any]:
         return allowed
     allowed['torch._utils._rebuild_tensor_v2'] = torch._utils._rebuild_tensor_v2
     allowed['torch._utils._rebuild_tensor'] = torch._utils._rebuild_tensor
-    allowed['torch.storage._load_from_bytes'] = _load_storage_from_bytes
+    allowed[_STORAGE_KEY] = _load_storage_from_bytes
     return allowed
 
 
@@ -103,13 +117,26 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         key = f'{module}.{name}'
         if key in self.allowed:
-            return self.allowed[key]
-        raise pickle.UnpicklingError(
+            found = self.allowed[key]
+            if found is _load_storage_from_bytes:  # its refusals name this file too
+                return functools.partial(_load_storage_from_bytes, source=self.source)
+            return found
+        raise RefusedPickleError(
             f'{self.source}: refusing to unpickle the global {key!r}; this reader admits only plain data, NumPy '
             f'arrays and torch tensors (pass extra_allowed to admit more)')
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError(f'{self.source}: persistent ids are not supported ({pid!r})')
+        raise RefusedPickleError(f'{self.source}: persistent ids are not supported ({pid!r})')
+
+    def load(self) -> Any:
+        """Unpickle; a refusal or an unreadable stream raises :class:`RefusedPickleError` naming the source."""
+        try:
+            return super().load()
+        except RefusedPickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError) as exc:  # truncated, or not a pickle at all
+            raise RefusedPickleError(f'{self.source}: not a readable pickle (truncated or another format): '
+                                     f'{type(exc).__name__}: {exc}') from None
 
 
 def safe_load_pickle(path: str | os.PathLike, extra_allowed: Mapping[str, Any] | None = None) -> Any:
@@ -122,7 +149,8 @@ def safe_load_pickle(path: str | os.PathLike, extra_allowed: Mapping[str, Any] |
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        pickle.UnpicklingError: the file names a global that is not admitted (message names file and global).
+        RefusedPickleError: the file names a global that is not admitted (the message names file and global), or
+            it is not a readable pickle. A ``UserError`` and a ``pickle.UnpicklingError``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -150,7 +178,7 @@ def safe_torch_load(path: str | os.PathLike, extra_allowed: Mapping[str, Any] | 
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        pickle.UnpicklingError: the file names a global that is not admitted (message names file and global).
+        RefusedPickleError: the file names a global that is not admitted (message names file and global).
     """
     import torch
     path = os.fspath(path)
@@ -166,8 +194,8 @@ def safe_torch_load(path: str | os.PathLike, extra_allowed: Mapping[str, Any] | 
             key = f'{module}.{name}'
             if key in allowed:
                 return allowed[key]
-            raise pickle.UnpicklingError(f'{path}: refusing to unpickle the global {key!r} (not plain data, '
-                                         'tensors or an admitted stand-in)')
+            raise RefusedPickleError(f'{path}: refusing to unpickle the global {key!r} (not plain data, '
+                                     'tensors or an admitted stand-in)')
 
     def _load(file: Any, **kwargs: Any) -> Any:
         return _Restricted(file, **kwargs).load()

@@ -20,13 +20,15 @@ import math
 import os
 from typing import Any, Callable, Iterator
 
-from codes.utils.errors import UserError
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ['pad_to_multiple', 'tile_starts', 'ramp_weights', 'tiled_forward', 'tiled_forward_rows', 'round_tile',
-           'tiled_memory_bytes', 'available_memory_bytes', 'check_memory', 'OutputMemoryError']
+from codes.utils.build import OptionError
+from codes.utils.errors import UserError
+
+__all__ = ['pad_to_multiple', 'tile_overlap_error', 'check_tile_overlap', 'tile_starts', 'ramp_weights',
+           'tiled_forward', 'tiled_forward_rows', 'round_tile', 'tiled_memory_bytes', 'available_memory_bytes',
+           'check_memory', 'OutputMemoryError']
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,20 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0) -> tuple[
     return out.reshape(*lead, target_h, target_w), (h, w)
 
 
+def tile_overlap_error(tile: int, overlap: int, detail: str = '', file: str | None = None) -> OptionError:
+    """The user error of an overlap that is not smaller than the tile: one line naming both options
+    (``tile_overlap`` and ``tile`` in an option file, ``--tile-overlap`` and ``--tile`` on infer.py's command line).
+    """
+    return OptionError('tile_overlap', f'the tile overlap {overlap} must be smaller than the tile {tile}{detail} '
+                       '(--tile-overlap must be smaller than --tile)', file)
+
+
+def check_tile_overlap(tile: int | None, overlap: int, file: str | None = None) -> None:
+    """Raise :func:`tile_overlap_error` unless ``overlap < tile`` (no tiling, ``tile`` None, takes any overlap)."""
+    if tile is not None and overlap >= tile:
+        raise tile_overlap_error(tile, overlap, file=file)
+
+
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of ``tile`` covering ``size`` with overlaps of at least ``overlap``.
 
@@ -59,7 +75,7 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
         return [0]
     step = tile - overlap
     if step <= 0:
-        raise ValueError(f'tile overlap ({overlap}) must be smaller than the tile ({tile})')
+        raise tile_overlap_error(tile, overlap)
     starts = list(range(0, size - tile, step))
     starts.append(size - tile)
     return sorted(set(starts))
@@ -83,8 +99,8 @@ def round_tile(tile: int, overlap: int, multiple: int, min_size: int) -> tuple[i
     new_tile = max(math.ceil(tile / multiple) * multiple, math.ceil(min_size / multiple) * multiple)
     new_overlap = math.ceil(overlap / multiple) * multiple if overlap > 0 else 0
     if new_overlap >= new_tile:
-        raise ValueError(f'tile overlap {overlap} (rounded to {new_overlap}) must be smaller than the tile '
-                         f'{tile} (rounded to {new_tile}); the network takes sizes in steps of {multiple}')
+        raise tile_overlap_error(tile, overlap, f' (rounded to {new_overlap} and {new_tile}: the network takes '
+                                 f'sizes in steps of {multiple})')
     if (new_tile, new_overlap) != (tile, overlap):
         logger.info('tile %d / overlap %d rounded to %d / %d: the network takes sizes in steps of %d (minimum %d)',
                     tile, overlap, new_tile, new_overlap, multiple, min_size)

@@ -16,7 +16,7 @@ from codes.archs.bsrt_arch import BSRT
 from codes.archs.swin_blocks import (BasicLayer, PatchEmbed, PatchUnEmbed, compute_shift_mask, relative_position_index,
                                      window_partition, window_reverse)
 from codes.utils.build import OptionError
-from codes.utils.checkpoint import extract_state_dict
+from codes.utils.checkpoint import CheckpointNotFoundError, extract_state_dict
 from tests.spec_keys import read_spec_keys
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -320,8 +320,11 @@ def test_spynet_weights(tmp_path: Path) -> None:
     junk.write_text('not a checkpoint')
     with pytest.raises(ValueError, match=r'junk\.pth'):
         load_spynet_weights(SpyNet(), junk)
-    with pytest.raises(FileNotFoundError, match=r'network_g\.spynet_path'):
+    with pytest.raises(CheckpointNotFoundError, match=r"option 'network_g\.spynet_path': SpyNet weight file not "
+                       r'found: .*missing\.pth'):
         BSRT(**TINY, spynet_path=str(tmp_path / 'missing.pth'))
+    with pytest.raises(CheckpointNotFoundError, match=r'missing\.pth'):
+        load_spynet_weights(SpyNet(), tmp_path / 'missing.pth')
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints

@@ -20,6 +20,7 @@ from codes.metrics.alignment import (
     warp,
 )
 from codes.metrics.burst_metric import calculate_psnr_linear
+from codes.utils.build import OptionError
 
 SHIFT = (0.6, -1.3)  # the prediction is the scene moved by this many pixels (x, y)
 #: camera colours of the burst (and so of the prediction) relative to the ground truth's
@@ -161,9 +162,9 @@ def test_flow_estimator_choice_and_warning(caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger='codes.metrics.alignment'):
         est = build_flow_estimator('auto', None)
     assert isinstance(est, DISFlow) and 'NOT comparable' in caplog.text
-    with pytest.raises(ValueError, match="'pwcnet' needs pwcnet_path"):
+    with pytest.raises(OptionError, match="option 'flow_estimator': 'pwcnet' needs pwcnet_path"):
         build_flow_estimator('pwcnet', None)
-    with pytest.raises(FileNotFoundError, match='pwcnet_path.*missing.pth'):
-        build_flow_estimator('auto', str(tmp_path / 'missing.pth'))
-    with pytest.raises(ValueError, match='one of auto, pwcnet, dis'):
+    with pytest.raises(OptionError, match=r"option 'val\.alignment\.pwcnet_path': .*missing\.pth' not found"):
+        build_flow_estimator('auto', str(tmp_path / 'missing.pth'), where='val.alignment')
+    with pytest.raises(OptionError, match='one of auto, pwcnet, dis'):
         build_flow_estimator('raft', None)
