@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from codes.data import build_dataset
-from codes.data.loader import ShardSampler, TrainSampler, build_dataloader
+from codes.data.loader import SeededDataset, SeededSampler, ShardSampler, TrainSampler, build_dataloader
 from codes.models import build_model
 from codes.models.base_model import BaseModel, Options
 from codes.scripts.sample_data import prepare_from_options
@@ -86,8 +86,8 @@ def limit_count(total: int, limit: int | float | None, where: str, file: str | N
     return min(total, limit)
 
 
-def _resume_state(opt: Options, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path] | None:
-    """The training state to continue from, with its weights file: ``path.resume_state``, or with
+def _resume_state(opt: Options, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path, Path] | None:
+    """The training state to continue from, with its own path and its weights file: ``path.resume_state``, or with
     ``--auto_resume`` the newest usable one (the one ``last_checkpoint`` names when it is that), or None."""
     explicit = opt['path']['resume_state']
     if explicit:
@@ -105,13 +105,13 @@ def _resume_state(opt: Options, auto_resume: bool, skipped: list | None = None) 
         if not weights.is_file():
             raise CheckpointError(f'{explicit} (path.resume_state): the weights of iteration {state["iter"]}, '
                                   f'{weights}, are missing')
-        return state, weights
+        return state, Path(explicit), weights
     if auto_resume:
         path = opt['path']
         found = find_resume_state(path['training_states'], path['models'], skipped,
                                   pointer=Path(path['experiments_root']) / POINTER_NAME)
         if found is not None:
-            return found[0], found[2]
+            return found
     return None
 
 
@@ -214,12 +214,16 @@ def dry_run(opt: Options, rank: int = 0, world: int = 1) -> BaseModel:
     return model
 
 
-def _train_loader(opt: Options, rank: int, world: int) -> tuple[TrainSampler, DataLoader]:
-    """The sampler and loader of ``datasets.train``; a batch larger than a rank's share is an option error."""
+def _train_loader(opt: Options, rank: int, world: int) -> tuple[SeededSampler, DataLoader]:
+    """The sampler and loader of ``datasets.train``; a batch larger than a rank's share is an option error.
+
+    Every sample is loaded with its own seed (``SeededSampler``: a function of the run's seed, the epoch and the
+    sample's place in it), so the data of a run does not depend on the worker count or on where it was resumed.
+    """
     train_opt, seed = opt['datasets']['train'], opt['manual_seed']
     train_set = build_dataset(train_opt, 'datasets.train')
-    sampler = TrainSampler(len(train_set), world, rank, seed, train_opt['shuffle'])
-    loader = build_dataloader(train_set, train_opt, sampler, seed, rank, train=True)
+    sampler = SeededSampler(TrainSampler(len(train_set), world, rank, seed, train_opt['shuffle']))
+    loader = build_dataloader(SeededDataset(train_set), train_opt, sampler, seed, rank, train=True)
     if len(loader) == 0:
         raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
                           opt['opt_file'])
@@ -243,7 +247,7 @@ class _TrainingRun:
 
     opt: Options
     model: BaseModel
-    sampler: TrainSampler
+    sampler: SeededSampler
     train_loader: DataLoader
     val_loaders: dict[str, DataLoader]
     iters_per_epoch: int
@@ -329,8 +333,13 @@ def _set_up_training(opt: Options, args: Any, rank: int, world: int) -> _Trainin
     model = build_model(opt)
     current_iter = 0
     if resume is not None:
-        model.resume_training(resume[0], resume[1])
+        model.resume_training(resume[0], resume[2])
         current_iter = resume[0]['iter']
+        epoch, within = divmod(current_iter, iters_per_epoch)
+        logger.info('Resumed from %s at iteration %d: the data continue at epoch %d, batch %d of %d (sample %d of '
+                    "this rank's share; sampler seeded by (seed, epoch), sample seeds by (seed, epoch, position)), "
+                    'so the next batch is the one an uninterrupted run would take', resume[1], current_iter, epoch,
+                    within + 1, iters_per_epoch, within * batch)
     run = _TrainingRun(opt, model, sampler, train_loader, val_loaders, iters_per_epoch, current_iter,
                        start_iter=current_iter, last_saved=current_iter)
     run.tb = build_trackers(opt, rank) or None  # TensorBoard and/or W&B (rank 0)
@@ -365,8 +374,7 @@ def _train_loop(run: _TrainingRun, on_validation: ValidationCallback | None) -> 
                 _log_progress(run, meter, epoch, data_time)
                 meter.reset()
             if it % log_cfg['save_checkpoint_freq'] == 0:
-                model.save(it, epoch)
-                run.last_saved = it
+                _save(run, it)
             if val_freq and it % val_freq == 0 and run.val_loaders:
                 results = validate(model, run.val_loaders, run.opt, it, run.tb)
                 if on_validation is not None and on_validation(it, results):
@@ -377,11 +385,18 @@ def _train_loop(run: _TrainingRun, on_validation: ValidationCallback | None) -> 
     return False
 
 
+def _save(run: _TrainingRun, it: int) -> None:
+    """Checkpoint iteration ``it`` with the data position the next iteration starts from."""
+    epoch, within = divmod(it, run.iters_per_epoch)
+    run.model.save(it, epoch, {'epoch': epoch, 'next_sample': within * run.batch})
+    run.last_saved = it
+
+
 def _finish(run: _TrainingRun, on_validation: ValidationCallback | None) -> None:
     """The final checkpoint and validation, unless the last iteration already had them."""
     it, val_freq = run.current_iter, run.opt['val']['val_freq']
     if run.last_saved != it:
-        run.model.save(it, it // run.iters_per_epoch)
+        _save(run, it)
     if run.val_loaders and not (val_freq and it % val_freq == 0):
         results = validate(run.model, run.val_loaders, run.opt, it, run.tb)
         if on_validation is not None:
