@@ -30,9 +30,12 @@ from codes.utils.checkpoint import (POINTER_NAME, STATE_KEYS, CheckpointError, e
                                     load_file)
 from codes.utils.logger import append_jsonl, build_trackers, format_options, setup_logging
 from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options, print_options
+from codes.utils.preemption import Preempted, StopSignals, agree
+from codes.utils.slurm import apply_slurm_env
 from codes.visualization.plots import SCALARS_FILE, plot_metrics
 
-__all__ = ['train_pipeline', 'run_training', 'dry_run', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
+__all__ = ['train_pipeline', 'run_training', 'dry_run', 'set_random_seed', 'validate', 'limit_count',
+           'ValidationCallback', 'elastic_restart_count', 'configure_determinism']
 
 #: ``callback(current_iter, results)`` with ``results`` = {val set name: mean metrics}; a true return value stops
 #: the training after this validation (no final checkpoint or validation follows).
@@ -84,6 +87,31 @@ def limit_count(total: int, limit: int | float | None, where: str, file: str | N
     if isinstance(limit, float):
         return max(1, int(total * limit)) if total else 0
     return min(total, limit)
+
+
+def elastic_restart_count() -> int:
+    """How often torchrun's agent has restarted the workers (``TORCHELASTIC_RESTART_COUNT``; 0 outside torchrun).
+    A restarted worker resumes by itself from the newest complete training state."""
+    try:
+        return max(int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0), 0)
+    except ValueError:
+        return 0
+
+
+def configure_determinism(deterministic: bool, cudnn_benchmark: bool = True) -> None:
+    """``train.deterministic``: deterministic algorithms (``torch.use_deterministic_algorithms`` with
+    ``warn_only``, so an op without a deterministic kernel warns with its name instead of stopping the run),
+    deterministic cuDNN without autotuning, and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG``). Otherwise
+    ``cudnn.benchmark`` follows the ``cudnn_benchmark`` option. CPU training is bit-reproducible either way."""
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        logger.info('train.deterministic: deterministic algorithms on (ops without a deterministic CUDA kernel '
+                    'warn), cudnn.benchmark off')
+    else:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def _resume_state(opt: Options, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path, Path] | None:
@@ -174,6 +202,8 @@ def train_pipeline(root_path: str | Path, argv: list[str] | None = None,
     if args.print_options:
         print_options(opt)
         return None
+    if args.launcher == 'slurm':
+        apply_slurm_env(opt['dist_params']['port'])
     dist_utils.init_dist_from_options(opt['dist_params'])
     rank, world = dist_utils.get_dist_info()
     try:
@@ -257,6 +287,8 @@ class _TrainingRun:
     start_iter: int = 0
     last_saved: int = 0
     t_start: float = field(default_factory=time.time)
+    last_save_time: float = field(default_factory=time.time)
+    stop: StopSignals | None = None
 
     @property
     def total_iter(self) -> int:
@@ -289,7 +321,9 @@ def run_training(opt: Options, args: Any, rank: int, world: int,
     ``on_validation`` stopped it) the final save and validation. ``args`` are the parsed command-line flags."""
     run = _set_up_training(opt, args, rank, world)
     try:
-        if _train_loop(run, on_validation):
+        with StopSignals(opt['preemption']['signals']) as run.stop:
+            stopped = _train_loop(run, on_validation)
+        if stopped:
             logger.info('Stopped at iteration %d by the validation callback, after %.1f s', run.current_iter,
                         time.time() - run.t_start)
         else:
@@ -310,16 +344,25 @@ def _set_up_training(opt: Options, args: Any, rank: int, world: int) -> _Trainin
         exp_root.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier()
     setup_logging(exp_root / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log", rank)
+    restarts = elastic_restart_count()
+    auto_resume = args.auto_resume or restarts > 0
+    if restarts:
+        logger.info('torchrun restart %d (TORCHELASTIC_RESTART_COUNT): resuming from the newest complete training '
+                    'state', restarts)
+    if args.launcher == 'slurm':
+        logger.info('SLURM launch: rank %s of %s (local rank %s), master %s:%s', os.environ['RANK'],
+                    os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK'], os.environ['MASTER_ADDR'],
+                    os.environ['MASTER_PORT'])
     skipped: list = []
-    resume = _resume_state(opt, args.auto_resume, skipped)
+    resume = _resume_state(opt, auto_resume, skipped)
     if rank == 0:
-        _create_experiment_folders(opt, resume is not None, args.auto_resume, skipped)
+        _create_experiment_folders(opt, resume is not None, auto_resume, skipped)
     dist_utils.barrier()
     if rank == 0:
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
         dump_yaml(opt, exp_root / 'options.yml')
     set_random_seed(opt['manual_seed'] + rank)
-    torch.backends.cudnn.benchmark = opt['cudnn_benchmark']
+    configure_determinism(opt['train']['deterministic'], opt['cudnn_benchmark'])
 
     sampler, train_loader = _train_loader(opt, rank, world)
     iters_per_epoch = limit_count(len(train_loader), opt['train']['limit_train_batches'],
@@ -375,6 +418,7 @@ def _train_loop(run: _TrainingRun, on_validation: ValidationCallback | None) -> 
                 meter.reset()
             if it % log_cfg['save_checkpoint_freq'] == 0:
                 _save(run, it)
+            _stop_or_save_by_time(run, it)
             if val_freq and it % val_freq == 0 and run.val_loaders:
                 results = validate(model, run.val_loaders, run.opt, it, run.tb)
                 if on_validation is not None and on_validation(it, results):
@@ -390,6 +434,30 @@ def _save(run: _TrainingRun, it: int) -> None:
     epoch, within = divmod(it, run.iters_per_epoch)
     run.model.save(it, epoch, {'epoch': epoch, 'next_sample': within * run.batch})
     run.last_saved = it
+    run.last_save_time = time.time()
+
+
+def _stop_or_save_by_time(run: _TrainingRun, it: int) -> None:
+    """After each step: save when ``logger.save_checkpoint_minutes`` have passed since the last save, and on a stop
+    signal save and raise ``Preempted``. The ranks decide together (one all-reduce of both flags per step under
+    DDP), so all of them save, and stop, at the same iteration."""
+    minutes = run.opt['logger']['save_checkpoint_minutes']
+    signalled = run.stop is not None and run.stop.received is not None
+    due = bool(minutes) and time.time() - run.last_save_time >= 60 * minutes
+    if run.model.world_size > 1:
+        signalled, due = agree([signalled, due], run.model.device)
+    if not (signalled or due):
+        return
+    if run.last_saved != it:
+        if due and not signalled:
+            logger.info('%.1f minutes since the last checkpoint (logger.save_checkpoint_minutes): saving', minutes)
+        _save(run, it)
+    if signalled:
+        name = run.stop.received if run.stop is not None and run.stop.received else 'another rank'
+        code = run.opt['preemption']['exit_code']
+        logger.warning('Stop signal (%s) received: the state of iteration %d is saved; exiting with status %d so '
+                       'that the scheduler requeues the job (continue with --auto_resume)', name, it, code)
+        raise Preempted(it, name, code)
 
 
 def _finish(run: _TrainingRun, on_validation: ValidationCallback | None) -> None:

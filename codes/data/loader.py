@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from codes.utils.preemption import ignore_in_worker
+
 __all__ = ['TrainSampler', 'SeededSampler', 'SeededDataset', 'sample_seed', 'ShardSampler', 'build_dataloader',
            'seed_worker']
 
@@ -154,6 +156,12 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def _init_worker(worker_id: int) -> None:
+    """Seed the worker (:func:`seed_worker`) and let it ignore the stop signals (the main process stops it)."""
+    seed_worker(worker_id)
+    ignore_in_worker()
+
+
 def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler, seed: int, rank: int = 0,
                      train: bool = True) -> DataLoader:
     """A DataLoader over ``dataset`` with the loader keys of its option block.
@@ -172,7 +180,7 @@ def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler,
     kwargs: dict[str, Any] = dict(
         batch_size=opt['batch_size_per_gpu'] if train else 1, sampler=sampler, num_workers=workers,
         pin_memory=opt['pin_memory'], drop_last=train, generator=g,
-        worker_init_fn=seed_worker, timeout=opt['timeout'] if workers else 0,
+        worker_init_fn=_init_worker, timeout=opt['timeout'] if workers else 0,
     )
     if workers > 0:
         kwargs['persistent_workers'] = opt['persistent_workers']
