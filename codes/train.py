@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from codes.data import build_dataset
-from codes.data.loader import SeededDataset, SeededSampler, ShardSampler, TrainSampler, build_dataloader
+from codes.data.loader import (SeededDataset, SeededSampler, ShardSampler, TrainSampler, build_dataloader,
+                               shutdown_workers)
 from codes.models import build_model
 from codes.models.base_model import BaseModel, Options
 from codes.scripts.sample_data import prepare_from_options
@@ -228,6 +229,7 @@ def dry_run(opt: Options, rank: int = 0, world: int = 1) -> BaseModel:
     model = build_model(opt)
     t0 = time.time()
     model.feed_data(next(iter(loader)))
+    shutdown_workers(loader)
     out = model.optimize_parameters(1)
     logger.info('Dry run: one training step of %s on %s (batch %d) in %.2f s: %s', type(model).__name__,
                 model.device, train_opt['batch_size_per_gpu'], time.time() - t0,
@@ -331,6 +333,8 @@ def run_training(opt: Options, args: Any, rank: int, world: int,
         _write_curves(opt, rank)
         return run.model
     finally:
+        for loader in (run.train_loader, *run.val_loaders.values()):
+            shutdown_workers(loader)
         if run.pbar is not None:
             run.pbar.close()
         if run.tb is not None:

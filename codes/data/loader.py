@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from codes.utils.preemption import ignore_in_worker
 
 __all__ = ['TrainSampler', 'SeededSampler', 'SeededDataset', 'sample_seed', 'ShardSampler', 'build_dataloader',
-           'seed_worker']
+           'seed_worker', 'shutdown_workers']
 
 
 class TrainSampler(Sampler[int]):
@@ -156,8 +156,23 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def _init_worker(worker_id: int) -> None:
-    """Seed the worker (:func:`seed_worker`) and let it ignore the stop signals (the main process stops it)."""
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop the persistent workers of ``loader`` now (a no-op without them).
+
+    Training workers ignore the stop signals (:func:`codes.utils.preemption.ignore_in_worker`), so persistent ones
+    must be told to stop before the interpreter exits: ``multiprocessing`` would otherwise wait for them after its
+    SIGTERM.
+    """
+    iterator = getattr(loader, '_iterator', None)
+    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+def _init_train_worker(worker_id: int) -> None:
+    """Seed a training-data worker (:func:`seed_worker`) and let it ignore the stop signals: a signal sent to the
+    whole process group (as SLURM does) must not kill it under the main process, which finishes its step, saves
+    and then stops its workers."""
     seed_worker(worker_id)
     ignore_in_worker()
 
@@ -170,7 +185,8 @@ def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler,
     and keep every sample.
 
     Workers are seeded from ``seed`` and ``rank`` through the loader's generator, so augmentation is reproducible
-    and differs between ranks and workers.
+    and differs between ranks and workers. Training workers ignore the stop signals (stop them with
+    :func:`shutdown_workers` when they are persistent).
 
     ``opt`` is a block of the normalised options (``codes.utils.options.normalize_options``), which holds every
     loader key with its default; a training block also holds ``batch_size_per_gpu``, which the schema requires.
@@ -180,7 +196,7 @@ def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler,
     kwargs: dict[str, Any] = dict(
         batch_size=opt['batch_size_per_gpu'] if train else 1, sampler=sampler, num_workers=workers,
         pin_memory=opt['pin_memory'], drop_last=train, generator=g,
-        worker_init_fn=_init_worker, timeout=opt['timeout'] if workers else 0,
+        worker_init_fn=_init_train_worker if train else seed_worker, timeout=opt['timeout'] if workers else 0,
     )
     if workers > 0:
         kwargs['persistent_workers'] = opt['persistent_workers']

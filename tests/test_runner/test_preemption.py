@@ -2,6 +2,7 @@
 ends bit-identical to an uninterrupted run. Saving by wall time."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -33,13 +34,14 @@ def straight(tmp_path_factory, sample_data) -> Path:
 
 def test_sigterm_saves_that_iteration_and_the_resume_is_exact(straight, tmp_path, sample_data):
     opt = _options(tmp_path, sample_data, 'preempted')
+    opt['datasets']['train']['persistent_workers'] = True  # changes nothing in the data; must not block the exit
     path = write(tmp_path / 'preempted.yml', opt)
     exp = Path(opt['path']['experiments_root'])
     proc = subprocess.Popen(train_cmd(path), cwd=ROOT, env=base_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     wait_for(lambda: exp.is_dir() and 'iter 1/8' in log_text(exp), [proc], 'the first iteration')
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGTERM)  # a second signal during the stop must not break the save
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, data workers included, as SLURM signals a step
+    os.killpg(proc.pid, signal.SIGTERM)  # a second signal during the stop must not break the save
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == PREEMPTED_EXIT_CODE, out[-3000:]
     m = re.search(r'Stop signal \(SIGTERM\) received: the state of iteration (\d+) is saved', log_text(exp))
