@@ -72,3 +72,16 @@ def test_stop_signals_only_record_and_are_put_back():
         signal.raise_signal(signal.SIGUSR1)
         assert (stop.received, stop.count) == ('SIGUSR1', 2)
     assert signal.getsignal(signal.SIGUSR1) is old
+
+
+def test_new_option_keys_have_defaults_and_are_checked(tmp_path, sample_data):
+    from codes.utils.options import OptionError, normalize_options, validate_options
+    opt = _options(tmp_path, sample_data, 'keys')
+    resolved = normalize_options(validate_options(opt), ROOT, True)
+    assert resolved['preemption'] == {'signals': ['SIGTERM', 'SIGUSR1'], 'exit_code': PREEMPTED_EXIT_CODE}
+    assert resolved['logger']['save_checkpoint_minutes'] is None and resolved['train']['deterministic'] is False
+    assert validate_options({**opt, 'preemption': {'signals': ['usr2']}})['preemption']['signals'] == ['SIGUSR2']
+    with pytest.raises(OptionError, match=r"'preemption.signals': SIGKILL: not a signal a process can catch"):
+        validate_options({**opt, 'preemption': {'signals': ['SIGKILL']}})
+    with pytest.raises(OptionError, match='logger.save_checkpoint_minutes'):
+        validate_options({**opt, 'logger': {**opt['logger'], 'save_checkpoint_minutes': -1}})
