@@ -75,11 +75,11 @@ def write(path: Path, opt: dict) -> Path:
 
 
 def final_state(exp: Path, it: int = 8) -> dict[str, Any]:
-    """The weights, EMA weights, optimiser and scheduler state that a run left at iteration ``it``."""
+    """The weights, EMA weights, optimiser, scheduler and GradScaler state that a run left at iteration ``it``."""
     weights = load_file(exp / 'models' / f'net_g_{it}.pth')
     state = load_file(exp / 'training_states' / f'{it}.state')
     return {'params': weights['params'], 'params_ema': weights['params_ema'],
-            'optimizer': state['optimizers'][0], 'scheduler': state['schedulers'][0]}
+            'optimizer': state['optimizers'][0], 'scheduler': state['schedulers'][0], 'scaler': state['scaler']}
 
 
 def differences(a: Any, b: Any, where: str = '') -> list[str]:

@@ -17,12 +17,13 @@ from tests.test_runner.resume_cases import (ROOT, blind_train_images, bsrt_demo,
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-def straight_and_resumed(tmp: Path, make, workers: int) -> tuple[Path, Path]:
+def straight_and_resumed(tmp: Path, make, workers: int, precision: str = 'fp32') -> tuple[Path, Path]:
     """Train ``make(...)`` 8 iterations straight, and 4 then ``--auto_resume`` to 8; the two experiment folders."""
     exps = []
     for kind in ('straight', 'resumed'):
-        opt = make(f'{kind}{workers}', workers)
-        path = write(tmp / f'{kind}{workers}.yml', opt)
+        opt = make(f'{kind}{workers}_{precision}', workers)
+        opt['train']['precision'] = precision
+        path = write(tmp / f'{kind}{workers}_{precision}.yml', opt)
         if kind == 'straight':
             train_pipeline(ROOT, ['-opt', str(path)])
         else:
@@ -38,11 +39,13 @@ def bsrt_runs(request, tmp_path_factory, sample_data):
     return straight_and_resumed(tmp, lambda name, w: bsrt_demo(tmp, sample_data, name, w), request.param)
 
 
-@pytest.fixture(scope='module', params=[1, 2], ids=['1worker', '2workers'])
+@pytest.fixture(scope='module', params=[(1, 'fp32'), (2, 'fp32'), (1, 'fp16')],
+                ids=['1worker', '2workers', '1worker-fp16-GradScaler'])
 def dcls_runs(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('dcls_resume')
     hr = blind_train_images(tmp / 'data')
-    return straight_and_resumed(tmp, lambda name, w: dcls_demo(tmp, hr, name, w), request.param)
+    workers, precision = request.param
+    return straight_and_resumed(tmp, lambda name, w: dcls_demo(tmp, hr, name, w), workers, precision)
 
 
 def _check(runs: tuple[Path, Path]) -> None:
@@ -64,6 +67,9 @@ def test_bsrt_resume_is_bit_identical(bsrt_runs):
 
 def test_dcls_resume_is_bit_identical(dcls_runs):
     _check(dcls_runs)
+    scaler = final_state(dcls_runs[1])['scaler']
+    if dcls_runs[1].name.endswith('fp16'):
+        assert scaler is not None and scaler['scale'] > 0  # the GradScaler's state was compared too
 
 
 def test_batches_after_a_mid_epoch_resume_are_the_uninterrupted_batches(sample_data):
