@@ -1,7 +1,8 @@
 """Tiny option files derived from the demos, and the comparison of two finished runs (for the resume tests).
 
 Both demos are shrunk in the same way: a tiny network, no validation set, ``total_iter`` 8 with the scheduler's
-horizon 8, a checkpoint every 4 iterations, warm-up and (BSRT) a freeze that ends after the resume point, EMA.
+horizon 8, a checkpoint every 4 iterations, a warm-up and (BSRT) a freeze that both end after the resume point,
+EMA.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _common(opt: dict, tmp: Path, name: str, workers: int) -> dict:
     train = opt['train']
     train['total_iter'] = 8
     train['scheduler'] = {'type': 'CosineAnnealingLR', 'T_max': 8, 'eta_min': 1e-5}
-    train['warmup_iter'] = 3
+    train['warmup_iter'] = 6  # spans the resume point at 4
     train['ema_decay'] = 0.9
     opt['val'] = {'val_freq': 0}
     opt['logger'] = {'print_freq': 2, 'save_checkpoint_freq': 4, 'use_tb_logger': False, 'use_pbar': False}
