@@ -4,6 +4,10 @@
 -opt ...`` (distributed; detected from the environment) both end up in :func:`train_pipeline`, as does the
 ``bsr-train`` console script. ``--print-options`` prints the resolved options and exits; ``--dry-run`` builds the
 data and the model, runs one training step (and one validation sample per validation set) and exits.
+
+Clusters: ``--launcher slurm`` takes the process group from srun's variables (``codes.utils.slurm``); a worker
+restarted by torchrun (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes by itself; SIGTERM / SIGUSR1 stop every rank at
+the same iteration with a saved state and exit status 75 (``codes.utils.preemption``).
 """
 from __future__ import annotations
 
