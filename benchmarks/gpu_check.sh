@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--out DIR] [--wheels DIR] [--python PY] [--only NAMES]
 #
-# --only outputs,train,infer runs just those parts (comma-separated: outputs, train_step, train, infer).
+# --only outputs,train,infer runs just those parts (comma-separated: outputs, train_step, train, resume, infer).
 #
 # 1. CUDA against CPU outputs of BSRT-S, BSRT-L and DCLS, same weights and input, every implementation
 #    (fp32 <= 1e-4 relative; bf16/fp16 autocast <= 1e-2)                       -> outputs.json
@@ -11,6 +11,9 @@
 #    interleaved                                                                 -> train_step.json
 # 3. 30 iterations of train.py on options/train_synthetic.yml shrunk by --force_yml, on generated sample data,
 #    under torchrun --nproc_per_node=1 (NCCL on CUDA), then a resume to 40     -> train.json
+# 3b. resume equality: the same run to RESUME_ITERS straight, and to ITERS then --auto_resume, both with
+#    train.deterministic=true (single process); net_g and EMA weights compared bit for bit (CPU: equal; CUDA: equal
+#    where every kernel is deterministic, else the largest difference is reported)              -> resume.json
 # 4. infer.py --device cuda --precision bf16 on 80x80 packed 14-frame bursts, BSRT-S and -L, ms per burst after
 #    the first (warm-up) burst                                                   -> infer_S.json, infer_L.json
 # 5. everything merged                                                           -> gpu_check.json
@@ -129,6 +132,39 @@ print(json.dumps({'iters': iters, 'resume_to': resume, 'nccl': 'nccl' in logs['t
                   'last_logged_iter': last, 'training_states': states}, indent=2))
 EOF
 
+# ---------------------------------------------------------------------------------- 3b. resume equality
+if wanted resume; then
+RESUME_SET=(prepare_sample_data="$SAMPLE" "datasets.train.dataroot=$SAMPLE/zurich"
+            "datasets.val.dataroot=$SAMPLE/SyntheticBurstVal" datasets.train.num_worker_per_gpu=2
+            datasets.val.num_worker_per_gpu=0 network_g.spynet_path=null "train.scheduler.milestones=[1000000]"
+            val.val_freq=1000000 logger.print_freq=5 logger.save_checkpoint_freq=$ITERS logger.use_tb_logger=false
+            train.deterministic=true train.ema_decay=0.9 "${NET[@]}")
+rm -rf "$OUT/resume_straight" "$OUT/resume_resumed"
+step resume_straight 900 $PY train.py -opt options/train_synthetic.yml --force_yml "${RESUME_SET[@]}" \
+  name=resume_straight "path.experiments_root=$OUT/resume_straight" train.total_iter=$RESUME_ITERS
+step resume_first 900 $PY train.py -opt options/train_synthetic.yml --force_yml "${RESUME_SET[@]}" \
+  name=resume_resumed "path.experiments_root=$OUT/resume_resumed" train.total_iter=$ITERS
+step resume_second 900 $PY train.py -opt options/train_synthetic.yml --auto_resume --force_yml "${RESUME_SET[@]}" \
+  name=resume_resumed "path.experiments_root=$OUT/resume_resumed" train.total_iter=$RESUME_ITERS
+$PY - "$OUT" "$RESUME_ITERS" "$DEVICE" > "$OUT/resume.json" <<'EOF'
+import json, sys
+from pathlib import Path
+import torch
+out, it, device = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+row = {'device': device, 'iters': it, 'deterministic': True}
+try:
+    a, b = (torch.load(out / d / 'models' / f'net_g_{it}.pth', map_location='cpu', weights_only=True)
+            for d in ('resume_straight', 'resume_resumed'))
+    for key in ('params', 'params_ema'):
+        diffs = [(a[key][k].double() - b[key][k].double()).abs().max().item() for k in a[key] if a[key][k].numel()]
+        row[f'{key}_equal'] = all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+        row[f'{key}_max_abs_diff'] = max(diffs, default=0.0)
+except (OSError, KeyError, RuntimeError) as exc:
+    row['error'] = f'{type(exc).__name__}: {exc}'
+print(json.dumps(row, indent=2))
+EOF
+fi
+
 # ---------------------------------------------------------------------------------- 4. inference timing
 wanted infer || INFER_LEVELS=()
 for level in "${INFER_LEVELS[@]}"; do
@@ -149,7 +185,7 @@ echo "  \"failed\": $FAILED" >> "$STATUS.tmp"
 echo "}" >> "$STATUS.tmp"
 mv "$STATUS.tmp" "$STATUS"
 PARTS=("$OUT/status.json")
-for part in outputs train_step train; do wanted $part && PARTS+=("$OUT/$part.json"); done
+for part in outputs train_step train resume; do wanted $part && PARTS+=("$OUT/$part.json"); done
 for level in "${INFER_LEVELS[@]}"; do PARTS+=("$OUT/infer_$level.json"); done
 $PY benchmarks/gpu_check.py merge --json "$OUT/gpu_check.json" "${PARTS[@]}"
 exit $FAILED

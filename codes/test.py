@@ -33,6 +33,7 @@ from codes.scripts.sample_data import prepare_from_options
 from codes.utils import dist as dist_utils
 from codes.utils.logger import format_options, setup_logging
 from codes.utils.options import OptionError, parse_options, print_options
+from codes.utils.slurm import apply_slurm_env
 from codes.visualization.report import write_report
 
 __all__ = ['test_pipeline']
@@ -51,6 +52,8 @@ def test_pipeline(root_path: str | Path, argv: list[str] | None = None) -> dict[
     if not phases:
         raise OptionError('datasets', 'test.py scores the validation and test sets (datasets.val*, datasets.test*); '
                           'this file lists only a training set', opt['opt_file'])
+    if args.launcher == 'slurm':
+        apply_slurm_env(opt['dist_params']['port'])
     dist_utils.init_dist_from_options(opt['dist_params'])
     rank, world = dist_utils.get_dist_info()
     try:

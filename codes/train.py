@@ -4,6 +4,10 @@
 -opt ...`` (distributed; detected from the environment) both end up in :func:`train_pipeline`, as does the
 ``bsr-train`` console script. ``--print-options`` prints the resolved options and exits; ``--dry-run`` builds the
 data and the model, runs one training step (and one validation sample per validation set) and exits.
+
+Clusters: ``--launcher slurm`` takes the process group from srun's variables (``codes.utils.slurm``); a worker
+restarted by torchrun (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes by itself; SIGTERM / SIGUSR1 stop every rank at
+the same iteration with a saved state and exit status 75 (``codes.utils.preemption``).
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from codes.data import build_dataset
-from codes.data.loader import ShardSampler, TrainSampler, build_dataloader
+from codes.data.loader import (SeededDataset, SeededSampler, ShardSampler, TrainSampler, build_dataloader,
+                               shutdown_workers)
 from codes.models import build_model
 from codes.models.base_model import BaseModel, Options
 from codes.scripts.sample_data import prepare_from_options
@@ -30,9 +35,12 @@ from codes.utils.checkpoint import (POINTER_NAME, STATE_KEYS, CheckpointError, e
                                     load_file)
 from codes.utils.logger import append_jsonl, build_trackers, format_options, setup_logging
 from codes.utils.options import OptionError, check_limit, dump_yaml, parse_options, print_options
+from codes.utils.preemption import Preempted, StopSignals, agree
+from codes.utils.slurm import apply_slurm_env
 from codes.visualization.plots import SCALARS_FILE, plot_metrics
 
-__all__ = ['train_pipeline', 'run_training', 'dry_run', 'set_random_seed', 'validate', 'limit_count', 'ValidationCallback']
+__all__ = ['train_pipeline', 'run_training', 'dry_run', 'set_random_seed', 'validate', 'limit_count',
+           'ValidationCallback', 'elastic_restart_count', 'configure_determinism']
 
 #: ``callback(current_iter, results)`` with ``results`` = {val set name: mean metrics}; a true return value stops
 #: the training after this validation (no final checkpoint or validation follows).
@@ -86,8 +94,33 @@ def limit_count(total: int, limit: int | float | None, where: str, file: str | N
     return min(total, limit)
 
 
-def _resume_state(opt: Options, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path] | None:
-    """The training state to continue from, with its weights file: ``path.resume_state``, or with
+def elastic_restart_count() -> int:
+    """How often torchrun's agent has restarted the workers (``TORCHELASTIC_RESTART_COUNT``; 0 outside torchrun).
+    A restarted worker resumes by itself from the newest complete training state."""
+    try:
+        return max(int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0), 0)
+    except ValueError:
+        return 0
+
+
+def configure_determinism(deterministic: bool, cudnn_benchmark: bool = True) -> None:
+    """``train.deterministic``: deterministic algorithms (``torch.use_deterministic_algorithms`` with
+    ``warn_only``, so an op without a deterministic kernel warns with its name instead of stopping the run),
+    deterministic cuDNN without autotuning, and cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG``). Otherwise
+    ``cudnn.benchmark`` follows the ``cudnn_benchmark`` option. CPU training is bit-reproducible either way."""
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        logger.info('train.deterministic: deterministic algorithms on (ops without a deterministic CUDA kernel '
+                    'warn), cudnn.benchmark off')
+    else:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+def _resume_state(opt: Options, auto_resume: bool, skipped: list | None = None) -> tuple[dict, Path, Path] | None:
+    """The training state to continue from, with its own path and its weights file: ``path.resume_state``, or with
     ``--auto_resume`` the newest usable one (the one ``last_checkpoint`` names when it is that), or None."""
     explicit = opt['path']['resume_state']
     if explicit:
@@ -105,13 +138,13 @@ def _resume_state(opt: Options, auto_resume: bool, skipped: list | None = None) 
         if not weights.is_file():
             raise CheckpointError(f'{explicit} (path.resume_state): the weights of iteration {state["iter"]}, '
                                   f'{weights}, are missing')
-        return state, weights
+        return state, Path(explicit), weights
     if auto_resume:
         path = opt['path']
         found = find_resume_state(path['training_states'], path['models'], skipped,
                                   pointer=Path(path['experiments_root']) / POINTER_NAME)
         if found is not None:
-            return found[0], found[2]
+            return found
     return None
 
 
@@ -174,6 +207,8 @@ def train_pipeline(root_path: str | Path, argv: list[str] | None = None,
     if args.print_options:
         print_options(opt)
         return None
+    if args.launcher == 'slurm':
+        apply_slurm_env(opt['dist_params']['port'])
     dist_utils.init_dist_from_options(opt['dist_params'])
     rank, world = dist_utils.get_dist_info()
     try:
@@ -198,6 +233,7 @@ def dry_run(opt: Options, rank: int = 0, world: int = 1) -> BaseModel:
     model = build_model(opt)
     t0 = time.time()
     model.feed_data(next(iter(loader)))
+    shutdown_workers(loader)
     out = model.optimize_parameters(1)
     logger.info('Dry run: one training step of %s on %s (batch %d) in %.2f s: %s', type(model).__name__,
                 model.device, train_opt['batch_size_per_gpu'], time.time() - t0,
@@ -214,12 +250,16 @@ def dry_run(opt: Options, rank: int = 0, world: int = 1) -> BaseModel:
     return model
 
 
-def _train_loader(opt: Options, rank: int, world: int) -> tuple[TrainSampler, DataLoader]:
-    """The sampler and loader of ``datasets.train``; a batch larger than a rank's share is an option error."""
+def _train_loader(opt: Options, rank: int, world: int) -> tuple[SeededSampler, DataLoader]:
+    """The sampler and loader of ``datasets.train``; a batch larger than a rank's share is an option error.
+
+    Every sample is loaded with its own seed (``SeededSampler``: a function of the run's seed, the epoch and the
+    sample's place in it), so the data of a run does not depend on the worker count or on where it was resumed.
+    """
     train_opt, seed = opt['datasets']['train'], opt['manual_seed']
     train_set = build_dataset(train_opt, 'datasets.train')
-    sampler = TrainSampler(len(train_set), world, rank, seed, train_opt['shuffle'])
-    loader = build_dataloader(train_set, train_opt, sampler, seed, rank, train=True)
+    sampler = SeededSampler(TrainSampler(len(train_set), world, rank, seed, train_opt['shuffle']))
+    loader = build_dataloader(SeededDataset(train_set), train_opt, sampler, seed, rank, train=True)
     if len(loader) == 0:
         raise OptionError('datasets.train.batch_size_per_gpu', f'larger than the {len(train_set)} samples per rank',
                           opt['opt_file'])
@@ -243,7 +283,7 @@ class _TrainingRun:
 
     opt: Options
     model: BaseModel
-    sampler: TrainSampler
+    sampler: SeededSampler
     train_loader: DataLoader
     val_loaders: dict[str, DataLoader]
     iters_per_epoch: int
@@ -253,6 +293,8 @@ class _TrainingRun:
     start_iter: int = 0
     last_saved: int = 0
     t_start: float = field(default_factory=time.time)
+    last_save_time: float = field(default_factory=time.time)
+    stop: StopSignals | None = None
 
     @property
     def total_iter(self) -> int:
@@ -285,7 +327,9 @@ def run_training(opt: Options, args: Any, rank: int, world: int,
     ``on_validation`` stopped it) the final save and validation. ``args`` are the parsed command-line flags."""
     run = _set_up_training(opt, args, rank, world)
     try:
-        if _train_loop(run, on_validation):
+        with StopSignals(opt['preemption']['signals']) as run.stop:
+            stopped = _train_loop(run, on_validation)
+        if stopped:
             logger.info('Stopped at iteration %d by the validation callback, after %.1f s', run.current_iter,
                         time.time() - run.t_start)
         else:
@@ -293,6 +337,8 @@ def run_training(opt: Options, args: Any, rank: int, world: int,
         _write_curves(opt, rank)
         return run.model
     finally:
+        for loader in (run.train_loader, *run.val_loaders.values()):
+            shutdown_workers(loader)
         if run.pbar is not None:
             run.pbar.close()
         if run.tb is not None:
@@ -306,16 +352,25 @@ def _set_up_training(opt: Options, args: Any, rank: int, world: int) -> _Trainin
         exp_root.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier()
     setup_logging(exp_root / f"train_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log", rank)
+    restarts = elastic_restart_count()
+    auto_resume = args.auto_resume or restarts > 0
+    if restarts:
+        logger.info('torchrun restart %d (TORCHELASTIC_RESTART_COUNT): resuming from the newest complete training '
+                    'state', restarts)
+    if args.launcher == 'slurm':
+        logger.info('SLURM launch: rank %s of %s (local rank %s), master %s:%s', os.environ['RANK'],
+                    os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK'], os.environ['MASTER_ADDR'],
+                    os.environ['MASTER_PORT'])
     skipped: list = []
-    resume = _resume_state(opt, args.auto_resume, skipped)
+    resume = _resume_state(opt, auto_resume, skipped)
     if rank == 0:
-        _create_experiment_folders(opt, resume is not None, args.auto_resume, skipped)
+        _create_experiment_folders(opt, resume is not None, auto_resume, skipped)
     dist_utils.barrier()
     if rank == 0:
         logger.info('Command: %s\n%s', ' '.join(sys.argv), format_options(opt))
         dump_yaml(opt, exp_root / 'options.yml')
     set_random_seed(opt['manual_seed'] + rank)
-    torch.backends.cudnn.benchmark = opt['cudnn_benchmark']
+    configure_determinism(opt['train']['deterministic'], opt['cudnn_benchmark'])
 
     sampler, train_loader = _train_loader(opt, rank, world)
     iters_per_epoch = limit_count(len(train_loader), opt['train']['limit_train_batches'],
@@ -329,8 +384,13 @@ def _set_up_training(opt: Options, args: Any, rank: int, world: int) -> _Trainin
     model = build_model(opt)
     current_iter = 0
     if resume is not None:
-        model.resume_training(resume[0], resume[1])
+        model.resume_training(resume[0], resume[2])
         current_iter = resume[0]['iter']
+        epoch, within = divmod(current_iter, iters_per_epoch)
+        logger.info('Resumed from %s at iteration %d: the data continue at epoch %d, batch %d of %d (sample %d of '
+                    "this rank's share; sampler seeded by (seed, epoch), sample seeds by (seed, epoch, position)), "
+                    'so the next batch is the one an uninterrupted run would take', resume[1], current_iter, epoch,
+                    within + 1, iters_per_epoch, within * batch)
     run = _TrainingRun(opt, model, sampler, train_loader, val_loaders, iters_per_epoch, current_iter,
                        start_iter=current_iter, last_saved=current_iter)
     run.tb = build_trackers(opt, rank) or None  # TensorBoard and/or W&B (rank 0)
@@ -365,8 +425,8 @@ def _train_loop(run: _TrainingRun, on_validation: ValidationCallback | None) -> 
                 _log_progress(run, meter, epoch, data_time)
                 meter.reset()
             if it % log_cfg['save_checkpoint_freq'] == 0:
-                model.save(it, epoch)
-                run.last_saved = it
+                _save(run, it)
+            _stop_or_save_by_time(run, it)
             if val_freq and it % val_freq == 0 and run.val_loaders:
                 results = validate(model, run.val_loaders, run.opt, it, run.tb)
                 if on_validation is not None and on_validation(it, results):
@@ -377,11 +437,42 @@ def _train_loop(run: _TrainingRun, on_validation: ValidationCallback | None) -> 
     return False
 
 
+def _save(run: _TrainingRun, it: int) -> None:
+    """Checkpoint iteration ``it`` with the data position the next iteration starts from."""
+    epoch, within = divmod(it, run.iters_per_epoch)
+    run.model.save(it, epoch, {'epoch': epoch, 'next_sample': within * run.batch})
+    run.last_saved = it
+    run.last_save_time = time.time()
+
+
+def _stop_or_save_by_time(run: _TrainingRun, it: int) -> None:
+    """After each step: save when ``logger.save_checkpoint_minutes`` have passed since the last save, and on a stop
+    signal save and raise ``Preempted``. The ranks decide together (one all-reduce of both flags per step under
+    DDP), so all of them save, and stop, at the same iteration."""
+    minutes = run.opt['logger']['save_checkpoint_minutes']
+    signalled = run.stop is not None and run.stop.received is not None
+    due = bool(minutes) and time.time() - run.last_save_time >= 60 * minutes
+    if run.model.world_size > 1:
+        signalled, due = agree([signalled, due], run.model.device)
+    if not (signalled or due):
+        return
+    if run.last_saved != it:
+        if due and not signalled:
+            logger.info('%.1f minutes since the last checkpoint (logger.save_checkpoint_minutes): saving', minutes)
+        _save(run, it)
+    if signalled:
+        name = run.stop.received if run.stop is not None and run.stop.received else 'another rank'
+        code = run.opt['preemption']['exit_code']
+        logger.warning('Stop signal (%s) received: the state of iteration %d is saved; exiting with status %d so '
+                       'that the scheduler requeues the job (continue with --auto_resume)', name, it, code)
+        raise Preempted(it, name, code)
+
+
 def _finish(run: _TrainingRun, on_validation: ValidationCallback | None) -> None:
     """The final checkpoint and validation, unless the last iteration already had them."""
     it, val_freq = run.current_iter, run.opt['val']['val_freq']
     if run.last_saved != it:
-        run.model.save(it, it // run.iters_per_epoch)
+        _save(run, it)
     if run.val_loaders and not (val_freq and it % val_freq == 0):
         results = validate(run.model, run.val_loaders, run.opt, it, run.tb)
         if on_validation is not None:

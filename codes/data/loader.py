@@ -3,20 +3,27 @@
 * :class:`TrainSampler` shuffles with a generator seeded by ``seed + epoch`` (the same permutation on every rank),
   gives each rank its own slice, and can start mid-epoch so that a resumed run sees exactly the samples it would
   have seen.
+* :class:`SeededSampler` and :class:`SeededDataset` give every training sample its own random seed, a function of
+  (run seed, epoch, position in the epoch): the random crop, the burst synthesis and the degradation of a sample
+  are then the same whichever worker loads it, however many workers there are, and after a resume.
 * :class:`ShardSampler` splits validation data across ranks without padding or duplicates, so metrics summed
   over ranks count each sample exactly once, also when there are fewer samples than ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-__all__ = ['TrainSampler', 'ShardSampler', 'build_dataloader', 'seed_worker']
+from codes.utils.preemption import ignore_in_worker
+
+__all__ = ['TrainSampler', 'SeededSampler', 'SeededDataset', 'sample_seed', 'ShardSampler', 'build_dataloader',
+           'seed_worker', 'shutdown_workers']
 
 
 class TrainSampler(Sampler[int]):
@@ -42,7 +49,8 @@ class TrainSampler(Sampler[int]):
         """Select the epoch's permutation; skip this rank's first ``start`` samples (for a mid-epoch resume)."""
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[int]:
+    def positions(self) -> Iterator[tuple[int, int]]:
+        """``(position in the epoch's padded order, dataset index)`` of this rank's remaining samples."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.dataset_len, generator=g).tolist()
@@ -50,10 +58,82 @@ class TrainSampler(Sampler[int]):
             order = list(range(self.dataset_len))
         total = self.num_samples * self.world_size
         order = (order * math.ceil(total / len(order)))[:total]  # pad by wrapping so all ranks get as many
-        return iter(order[self.rank:total:self.world_size][self.start:])
+        first = self.rank + self.start * self.world_size
+        return ((p, order[p]) for p in range(first, total, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return (index for _, index in self.positions())
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The 63-bit seed of the sample at ``position`` of epoch ``epoch``'s order in a run seeded with ``seed``."""
+    words = np.random.SeedSequence([seed % 2 ** 63, epoch, position]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Yields ``(dataset index, sample seed)`` for the indices of a :class:`TrainSampler` (which it also steers:
+    ``set_epoch`` is forwarded); the seed is :func:`sample_seed` of the sample's place in the epoch, so it does not
+    depend on the rank count, the worker count or where the run was resumed."""
+
+    def __init__(self, sampler: TrainSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """See :meth:`TrainSampler.set_epoch`."""
+        self.sampler.set_epoch(epoch, start)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        s = self.sampler
+        return ((index, sample_seed(s.seed, s.epoch, p)) for p, index in s.positions())
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+@contextlib.contextmanager
+def _kept_global_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's CPU generators on exit (the main process's training streams)."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
+
+
+class SeededDataset(Dataset):
+    """Loads ``dataset[index]`` for the ``(index, seed)`` keys of :class:`SeededSampler` with Python's, NumPy's and
+    torch's CPU generators seeded from ``seed`` first.
+
+    The datasets draw their per-sample randomness from those global generators (when they have no fixed
+    ``seed`` of their own), so a sample becomes a function of its key alone. In the main process (no workers)
+    the generators are put back afterwards, so the training step's random stream is not disturbed.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == 'dataset':
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        ctx = _kept_global_rng() if get_worker_info() is None else contextlib.nullcontext()
+        with ctx:
+            random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            torch.default_generator.manual_seed(seed)
+            return self.dataset[index]
 
 
 class ShardSampler(Sampler[int]):
@@ -76,6 +156,27 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop the persistent workers of ``loader`` now (a no-op without them).
+
+    Training workers ignore the stop signals (:func:`codes.utils.preemption.ignore_in_worker`), so persistent ones
+    must be told to stop before the interpreter exits: ``multiprocessing`` would otherwise wait for them after its
+    SIGTERM.
+    """
+    iterator = getattr(loader, '_iterator', None)
+    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+def _init_train_worker(worker_id: int) -> None:
+    """Seed a training-data worker (:func:`seed_worker`) and let it ignore the stop signals: a signal sent to the
+    whole process group (as SLURM does) must not kill it under the main process, which finishes its step, saves
+    and then stops its workers."""
+    seed_worker(worker_id)
+    ignore_in_worker()
+
+
 def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler, seed: int, rank: int = 0,
                      train: bool = True) -> DataLoader:
     """A DataLoader over ``dataset`` with the loader keys of its option block.
@@ -84,7 +185,8 @@ def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler,
     and keep every sample.
 
     Workers are seeded from ``seed`` and ``rank`` through the loader's generator, so augmentation is reproducible
-    and differs between ranks and workers.
+    and differs between ranks and workers. Training workers ignore the stop signals (stop them with
+    :func:`shutdown_workers` when they are persistent).
 
     ``opt`` is a block of the normalised options (``codes.utils.options.normalize_options``), which holds every
     loader key with its default; a training block also holds ``batch_size_per_gpu``, which the schema requires.
@@ -94,7 +196,7 @@ def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler,
     kwargs: dict[str, Any] = dict(
         batch_size=opt['batch_size_per_gpu'] if train else 1, sampler=sampler, num_workers=workers,
         pin_memory=opt['pin_memory'], drop_last=train, generator=g,
-        worker_init_fn=seed_worker, timeout=opt['timeout'] if workers else 0,
+        worker_init_fn=_init_train_worker if train else seed_worker, timeout=opt['timeout'] if workers else 0,
     )
     if workers > 0:
         kwargs['persistent_workers'] = opt['persistent_workers']

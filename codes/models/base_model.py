@@ -381,8 +381,11 @@ class BaseModel(abc.ABC):
         return out
 
     # -------------------------------------------------------------------------------------------- checkpoints
-    def save(self, current_iter: int, epoch: int) -> None:
-        """Write ``net_g_<iter>.pth``, ``<iter>.state`` and the ``last_checkpoint`` pointer (``Checkpointer``)."""
+    def save(self, current_iter: int, epoch: int, data_position: dict[str, int] | None = None) -> None:
+        """Write ``net_g_<iter>.pth``, ``<iter>.state`` and the ``last_checkpoint`` pointer (``Checkpointer``).
+
+        ``data_position`` (the epoch and the next sample of this rank's share, from the training loop) is stored
+        with the state, so that a resume can say where its data continues."""
         weights = {'params': self.bare_net}
         if self.ema is not None:
             weights['params_ema'] = self.ema.net
@@ -390,7 +393,9 @@ class BaseModel(abc.ABC):
             'optimizers': [self.optimizer.state_dict()],
             'schedulers': [self.scheduler.state_dict()] if self.scheduler is not None else [],
             'scaler': self.scaler.state_dict() if self.scaler is not None else None,
-            'best': self.best, 'nan_skips': self.nan_skips})
+            'best': self.best, 'nan_skips': self.nan_skips,
+            'divergence_guard': self.divergence_guard.state_dict() if self.divergence_guard is not None else None,
+            'data_position': dict(data_position or {})})
 
     def resume_training(self, state: dict, weights_path: str | os.PathLike) -> None:
         """Restore weights, EMA, optimiser, scheduler, scaler, RNG states and best metrics from a training state."""
@@ -402,8 +407,14 @@ class BaseModel(abc.ABC):
             self.scheduler.load_state_dict(state['schedulers'][0])
         if self.scaler is not None and state.get('scaler'):
             self.scaler.load_state_dict(state['scaler'])
-        self.checkpointer.restore_rng(state)
+        rng = self.checkpointer.restore_rng(state)
         self.best_metrics.best = state.get('best', {})
         self.non_finite.count = state.get('nan_skips', 0)
+        if self.divergence_guard is not None and state.get('divergence_guard'):
+            self.divergence_guard.load_state_dict(state['divergence_guard'])
         self._frozen = None
-        logger.info('Resumed training state of iteration %d (epoch %d)', state['iter'], state['epoch'])
+        logger.info('Resumed training state of iteration %d (epoch %d): weights, EMA, optimiser, scheduler%s, '
+                    'best metrics and guards restored; random streams (Python, NumPy, torch%s) %s',
+                    state['iter'], state['epoch'], ', GradScaler' if self.scaler is not None else '',
+                    ', CUDA' if torch.cuda.is_available() else '',
+                    'restored' if rng else 'NOT restored (another rank count wrote the state)')

@@ -85,14 +85,16 @@ class Checkpointer:
             self.state_path(it).unlink(missing_ok=True)
             self.weights_path(it).unlink(missing_ok=True)
 
-    def restore_rng(self, state: Mapping[str, Any]) -> None:
-        """This rank's RNG states from a training state written by as many ranks (else a warning)."""
+    def restore_rng(self, state: Mapping[str, Any]) -> bool:
+        """This rank's RNG states from a training state written by as many ranks (else a warning); whether they
+        were restored."""
         rng = state['rng']
         if len(rng) == self.world_size:
             set_rng_states(rng[self.rank])
-        else:
-            logger.warning('Training state was written by %d ranks, this run has %d: RNG states not restored',
-                           len(rng), self.world_size)
+            return True
+        logger.warning('Training state was written by %d ranks, this run has %d: RNG states not restored',
+                       len(rng), self.world_size)
+        return False
 
 
 def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:

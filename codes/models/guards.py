@@ -123,6 +123,15 @@ class DivergenceGuard:
         self.snapshot: dict[str, Any] | None = None
         self.rollbacks = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The last good state (CPU copy, or None) and the rollback count, for the training state file."""
+        return {'snapshot': self.snapshot, 'rollbacks': self.rollbacks}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, so a resumed run rolls back to the same state."""
+        self.snapshot = state.get('snapshot')
+        self.rollbacks = int(state.get('rollbacks', 0))
+
     def check(self, dataset_name: str, mean: Mapping[str, float], current_iter: int) -> bool:
         """Called after each validation and ``BestMetrics.update``; returns whether it rolled back.
 

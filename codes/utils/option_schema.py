@@ -4,6 +4,7 @@ the blocks a model class adds). The registries are imported as names only; nothi
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -88,6 +89,18 @@ def _check_num_gpu(value: Any, where: str) -> int | str:
     raise OptionError(where, f"expected 'auto' or a number of GPUs >= 0 (0: CPU), got {value!r}")
 
 
+def _check_signals(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise OptionError(where, f'expected a list of signal names such as [SIGTERM, SIGUSR1], got {value!r}')
+    names = [v if v.startswith('SIG') else f'SIG{v}' for v in (x.upper() for x in value)]
+    bad = [n for n in names if not isinstance(getattr(signal, n, None), signal.Signals) or n in ('SIGKILL', 'SIGSTOP')]
+    if bad:
+        raise OptionError(where, f"{', '.join(bad)}: not a signal a process can catch (e.g. SIGTERM, SIGUSR1)")
+    return names
+
+
 LIMIT = Key(check=check_limit, default=None)
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 
@@ -117,6 +130,8 @@ SCHEMA: dict[str, Any] = {
     'cudnn_benchmark': Key(bool, True),
     'dist_params': {'backend': Key(str | None, None), 'timeout_minutes': Key(float, 30.0, minimum=0),
                     'port': Key(int | None, None, minimum=1, maximum=65535)},  # MASTER_PORT unless the env has one
+    'preemption': {'signals': Key(check=_check_signals, default=['SIGTERM', 'SIGUSR1']),
+                   'exit_code': Key(int, 75, minimum=1, maximum=255)},  # codes.utils.preemption
     'network_g': Key(TYPED_ARCH, required=True),
     'datasets': Key(DATASETS),
     'path': {
@@ -139,6 +154,7 @@ SCHEMA: dict[str, Any] = {
         'divergence_guard': {'metric': Key(str | None, None), 'max_drop': Key(float, 3.0),
                              'lr_factor': Key(float, 0.5)},
         'no_weight_decay': Key((None, 'named', 'named_and_1d'), None),  # codes.models.optim.weight_decay_groups
+        'deterministic': Key(bool, False),  # torch.use_deterministic_algorithms; README, Clusters
     },
     'val': {
         'val_freq': Key(int, 0, minimum=0),
@@ -153,6 +169,7 @@ SCHEMA: dict[str, Any] = {
     'logger': {
         'print_freq': Key(int, 100, minimum=1), 'save_checkpoint_freq': Key(int, 5000, minimum=1),
         'use_tb_logger': Key(bool, True), 'use_pbar': Key(bool | None, None), 'keep_last': Key(int, 0, minimum=0),
+        'save_checkpoint_minutes': Key(float | None, None, minimum=0),  # also save by wall time (ranks agree)
         'wandb': Key({'project': Key(str | None, None), 'entity': Key(str | None, None),
                       'resume_id': Key(str | None, None)}, None),
     },

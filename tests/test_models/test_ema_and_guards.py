@@ -106,3 +106,21 @@ def test_divergence_guard_without_a_good_state_or_metric_does_nothing(caplog):
     assert guard.check('val', {'psnr': 3.5}, 3)  # 2.5 worse
     off = DivergenceGuard(None, 2.0, 0.5, best, opt, {'net': net})
     assert not off.check('val', {'psnr': float('nan')}, 4)
+
+
+def test_divergence_guard_state_survives_a_save_and_load(tmp_path):
+    """A resumed run rolls back to the same last good state as the run that saved it."""
+    from codes.utils.checkpoint import atomic_save, load_file
+    net, opt, best, guard = _guarded()
+    _step(net, opt)
+    best.update('val', {'psnr': 30.0}, 1)
+    guard.check('val', {'psnr': 30.0}, 1)
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    atomic_save({'guard': guard.state_dict()}, tmp_path / 'g.state')
+
+    net2, opt2, best2, guard2 = _guarded()
+    best2.update('val', {'psnr': 30.0}, 1)
+    guard2.load_state_dict(load_file(tmp_path / 'g.state')['guard'])
+    _step(net2, opt2)
+    assert guard2.check('val', {'psnr': 10.0}, 2) and guard2.rollbacks == 1
+    assert all(torch.equal(v, good[k]) for k, v in net2.state_dict().items())

@@ -70,6 +70,7 @@ def test_gpu_check_script_on_cpu(tmp_path: Path) -> None:
     assert all(r['pass'] for r in rows if r['rel_err'] is not None)
     assert {r['impl'] for r in report['train_step']['rows']} == {'reference', 'fast'}
     assert report['train']['training_states'], report['train']
+    assert report['resume']['params_equal'] and report['resume']['params_ema_equal'], report['resume']
     assert report['infer_tiny']['ms_per_burst'] > 0
 
 
