@@ -232,8 +232,11 @@ def dry_run(opt: Options, rank: int = 0, world: int = 1) -> BaseModel:
     _, loader = _train_loader(opt, rank, world)
     model = build_model(opt)
     t0 = time.time()
-    model.feed_data(next(iter(loader)))
-    shutdown_workers(loader)
+    batches = iter(loader)
+    try:
+        model.feed_data(next(batches))
+    finally:
+        shutdown_workers(loader, batches)
     out = model.optimize_parameters(1)
     logger.info('Dry run: one training step of %s on %s (batch %d) in %.2f s: %s', type(model).__name__,
                 model.device, train_opt['batch_size_per_gpu'], time.time() - t0,
@@ -295,6 +298,7 @@ class _TrainingRun:
     t_start: float = field(default_factory=time.time)
     last_save_time: float = field(default_factory=time.time)
     stop: StopSignals | None = None
+    train_iter: Any = None  # the running iter(train_loader), whose workers are stopped however the run ends
 
     @property
     def total_iter(self) -> int:
@@ -337,7 +341,8 @@ def run_training(opt: Options, args: Any, rank: int, world: int,
         _write_curves(opt, rank)
         return run.model
     finally:
-        for loader in (run.train_loader, *run.val_loaders.values()):
+        shutdown_workers(run.train_loader, run.train_iter)
+        for loader in run.val_loaders.values():
             shutdown_workers(loader)
         if run.pbar is not None:
             run.pbar.close()
@@ -411,7 +416,8 @@ def _train_loop(run: _TrainingRun, on_validation: ValidationCallback | None) -> 
         epoch, within = divmod(run.current_iter, run.iters_per_epoch)
         run.sampler.set_epoch(epoch, within * run.batch)
         t_data = time.time()
-        for data in run.train_loader:
+        run.train_iter = iter(run.train_loader)
+        for data in run.train_iter:
             data_time = time.time() - t_data
             run.current_iter += 1
             it = run.current_iter

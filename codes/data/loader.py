@@ -156,16 +156,17 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def shutdown_workers(loader: DataLoader) -> None:
-    """Stop the persistent workers of ``loader`` now (a no-op without them).
+def shutdown_workers(loader: DataLoader, iterator: Iterator | None = None) -> None:
+    """Stop the workers of ``loader`` now: its persistent ones, and those of ``iterator`` (an ``iter(loader)``
+    that may still be running, as when an error raised in a worker ends the run mid-epoch).
 
-    Training workers ignore the stop signals (:func:`codes.utils.preemption.ignore_in_worker`), so persistent ones
-    must be told to stop before the interpreter exits: ``multiprocessing`` would otherwise wait for them after its
+    Training workers ignore the stop signals (:func:`codes.utils.preemption.ignore_in_worker`), so they must be
+    told to stop before the interpreter exits: ``multiprocessing`` would otherwise wait for them forever after its
     SIGTERM.
     """
-    iterator = getattr(loader, '_iterator', None)
-    if iterator is not None and hasattr(iterator, '_shutdown_workers'):
-        iterator._shutdown_workers()
+    for running in (getattr(loader, '_iterator', None), iterator):
+        if running is not None and hasattr(running, '_shutdown_workers'):
+            running._shutdown_workers()
     loader._iterator = None
 
 
@@ -185,8 +186,8 @@ def build_dataloader(dataset: Dataset, opt: Mapping[str, Any], sampler: Sampler,
     and keep every sample.
 
     Workers are seeded from ``seed`` and ``rank`` through the loader's generator, so augmentation is reproducible
-    and differs between ranks and workers. Training workers ignore the stop signals (stop them with
-    :func:`shutdown_workers` when they are persistent).
+    and differs between ranks and workers. Training workers ignore the stop signals: stop them with
+    :func:`shutdown_workers` (the loader's persistent workers and those of a running iterator).
 
     ``opt`` is a block of the normalised options (``codes.utils.options.normalize_options``), which holds every
     loader key with its default; a training block also holds ``batch_size_per_gpu``, which the schema requires.
