@@ -114,12 +114,40 @@ def read_pointer(pointer: str | os.PathLike, states_dir: str | os.PathLike) -> P
     return Path(states_dir) / name if _STATE_NAME.fullmatch(name) else None
 
 
+#: file suffixes of bare weights read without pickle
+SAFETENSORS_SUFFIXES = ('.safetensors', )
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (no pickle: a JSON header and raw buffers)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as st_load
+    except ImportError:
+        raise CheckpointError(f'{path}: reading safetensors weights needs the package safetensors: pip install '
+                              '"burstsr-toolkit[export]" (or pip install safetensors)') from None
+    try:
+        return st_load(str(path), device='cpu')
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f'{path}: not a readable safetensors file (truncated or another format): '
+                              f'{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}') from None
+
+
 def load_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file."""
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file.
+
+    A ``.safetensors`` file is read with ``safetensors`` instead (no pickle at all) and gives its bare state_dict;
+    an ``.onnx`` file is refused (it is a graph for ``infer.py``, not weights a network can load).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(f'checkpoint not found: {path}' + (' (a folder, not a file)' if path.is_dir()
                                                                          else ''))
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        return _load_safetensors(path)
+    if path.suffix.lower() == '.onnx':
+        raise CheckpointError(f'{path}: an ONNX graph holds no weights a PyTorch network can load; only infer.py '
+                              'runs it (--weights model.onnx). Give a .pth or .safetensors file here')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
