@@ -84,12 +84,16 @@ def _outputs(out: Any) -> list[torch.Tensor]:
 
 
 def _check_inputs(layout: InputLayout, dynamic: tuple[str, ...], size: int) -> list[tuple[torch.Tensor, ...]]:
-    """Two random inputs: batch 2 (1 when the batch is fixed), the second one larger on the dynamic sides."""
+    """Random inputs: batch 2 (1 when the batch is fixed), the second one larger on the dynamic sides; with a
+    dynamic batch also batch 1 (what the tiled inference feeds), so that a size frozen from the batch shows."""
     batch = 2 if 'batch' in dynamic else 1
     h = w = layout.round_size(size)
     h2 = layout.round_size(h + layout.multiple) if 'height' in dynamic else h
     w2 = layout.round_size(w + 2 * layout.multiple) if 'width' in dynamic else w
-    return [layout.example(batch, h, w, seed=1), layout.example(batch, h2, w2, seed=2)]
+    checks = [layout.example(batch, h, w, seed=1), layout.example(batch, h2, w2, seed=2)]
+    if 'batch' in dynamic:
+        checks.append(layout.example(1, h2, w2, seed=3))
+    return checks
 
 
 def _verify(run: Callable[[tuple[torch.Tensor, ...]], list[torch.Tensor]], module: nn.Module, layout: InputLayout,
@@ -238,8 +242,10 @@ def export_torchscript(net: nn.Module, layout: InputLayout, net_opt: dict, path:
             continue
         final = _fixed(layout, dynamic, checks[0])
         meta = json.dumps(_metadata(final, net_opt, 'torch.jit.trace'))
-        torch.jit.save(traced, str(path), _extra_files={'bsr_meta.json': meta})
-        loaded = torch.jit.load(str(path), map_location='cpu')
+        with warnings.catch_warnings():  # torch.jit.save / load are deprecated in favour of torch.export
+            warnings.simplefilter('ignore', FutureWarning)
+            torch.jit.save(traced, str(path), _extra_files={'bsr_meta.json': meta})
+            loaded = torch.jit.load(str(path), map_location='cpu')
 
         def run(args: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
             with torch.no_grad():
