@@ -71,6 +71,7 @@ def test_gpu_check_script_on_cpu(tmp_path: Path) -> None:
     assert {r['impl'] for r in report['train_step']['rows']} == {'reference', 'fast'}
     assert report['train']['training_states'], report['train']
     assert report['infer_tiny']['ms_per_burst'] > 0
+    assert 'skipped' in report['onnx'] and report['onnx']['skipped']  # the CUDA-provider row says why it did not run
 
 
 def test_demo_options_valid(sample_data) -> None:
