@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -66,7 +67,9 @@ def _backends(net: torch.nn.Module, family: str, size: int, use_compile: bool, t
     opt = {'type': family}
     try:
         export_torchscript(net, layout, opt, tmp / f'{family}.pt', side)
-        traced = torch.jit.load(str(tmp / f'{family}.pt'))
+        with warnings.catch_warnings():  # torch.jit.load is deprecated in favour of torch.export
+            warnings.simplefilter('ignore', FutureWarning)
+            traced = torch.jit.load(str(tmp / f'{family}.pt'))
         calls['torchscript'] = lambda: traced(*args)
     except ExportError as exc:
         skipped['torchscript'] = str(exc)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from codes.export.exporters import FORMAT_VERSION, META_PREFIX, require
+from codes.export.exporters import FORMAT_VERSION, META_PREFIX, require, session_options
 from codes.export.layout import InputLayout
 from codes.utils.checkpoint import CheckpointError, CheckpointNotFoundError
 
@@ -136,7 +136,7 @@ def load_onnx_network(path: str | Path, opt: dict, device: torch.device) -> tupl
     ort = require('onnxruntime', 'Running an ONNX file')
     providers = onnx_providers(device)
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), session_options(ort), providers=providers)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for corrupt files
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f'{path}: not a readable ONNX model (truncated or another format): {first}') from None

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -71,7 +69,6 @@ def export_pipeline(argv: list[str] | None = None) -> dict:
     from codes.export.exporters import TOLERANCE, export_onnx, export_safetensors, export_torchscript
     from codes.export.layout import layout_of
     args = build_export_arg_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format='%(message)s')
     net, net_opt = _network(args)
     try:
         layout = layout_of(net, net_opt['type'])
