@@ -139,6 +139,31 @@ def infer_time(summary: Path) -> dict:
             'ms_per_burst': round(1000 * statistics.median(timed), 1) if timed else None}
 
 
+def onnx_check(folder: Path, level: str, packed: int, device: str) -> dict:
+    """ONNX Runtime's CUDA provider on the inference bursts of ``folder``: the weights exported by ``bsr-export``
+    (tile = ``packed``), ``infer.py --device cuda`` on them, ms per burst; ``{'skipped': reason}`` without
+    onnxruntime-gpu or CUDA."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {'skipped': 'onnxruntime is not installed (pip install onnxruntime-gpu)'}
+    if device != 'cuda':
+        return {'skipped': f'--device {device}: the ONNX Runtime row is a CUDA-provider check'}
+    if 'CUDAExecutionProvider' not in ort.get_available_providers():
+        return {'skipped': f'onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)'}
+    from codes.infer import infer_pipeline
+    from codes.scripts.export import export_pipeline
+    weights = folder / f'bsrt_{level}.pth'
+    exported = export_pipeline(['--weights', str(weights), '--format', 'onnx', '--output',
+                                str(folder / f'bsrt_{level}.onnx'), '--size', str(packed)])
+    infer_pipeline(['--weights', str(folder / f'bsrt_{level}.onnx'), '--input', str(folder / 'bursts'), '--output',
+                    str(folder / 'out_onnx'), '--device', 'cuda', '--no-linear'])
+    timing = infer_time(folder / 'out_onnx' / 'infer_summary.json')
+    return {**timing, 'provider': 'CUDAExecutionProvider', 'onnxruntime': ort.__version__,
+            'exporter': exported['exporter'], 'dynamic_axes': exported['dynamic_axes'],
+            'export_check_rel_err': max(e for _, e in exported['errors'])}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     sub = p.add_subparsers(dest='cmd', required=True)
@@ -155,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser('infer-time')
     t.add_argument('--summary', required=True)
     t.add_argument('--json', required=True)
+    x = sub.add_parser('onnx')
+    x.add_argument('--dir', required=True)
+    x.add_argument('--level', default='S')
+    x.add_argument('--packed', type=int, default=80)
+    x.add_argument('--device', default='cuda')
+    x.add_argument('--json', required=True)
     m = sub.add_parser('merge')
     m.add_argument('--json', required=True)
     m.add_argument('parts', nargs='*')
@@ -172,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == 'infer-data':
         make_infer_data(Path(args.dir), args.level, args.bursts, args.packed, args.burst)
+        return 0
+    if args.cmd == 'onnx':
+        result = onnx_check(Path(args.dir), args.level, args.packed, args.device)
+        if 'skipped' in result:
+            print(f"onnx: skipped: {result['skipped']}", file=sys.stderr)
+        Path(args.json).write_text(json.dumps(result, indent=2))
         return 0
     if args.cmd == 'infer-time':
         Path(args.json).write_text(json.dumps(infer_time(Path(args.summary)), indent=2))

@@ -3,7 +3,8 @@
 #
 #   bash benchmarks/gpu_check.sh [--device cuda|cpu] [--out DIR] [--wheels DIR] [--python PY] [--only NAMES]
 #
-# --only outputs,train,infer runs just those parts (comma-separated: outputs, train_step, train, resume, infer).
+# --only outputs,train,infer runs just those parts (comma-separated: outputs, train_step, train, resume, infer,
+# onnx).
 #
 # 1. CUDA against CPU outputs of BSRT-S, BSRT-L and DCLS, same weights and input, every implementation
 #    (fp32 <= 1e-4 relative; bf16/fp16 autocast <= 1e-2)                       -> outputs.json
@@ -16,7 +17,9 @@
 #    where every kernel is deterministic, else the largest difference is reported)              -> resume.json
 # 4. infer.py --device cuda --precision bf16 on 80x80 packed 14-frame bursts, BSRT-S and -L, ms per burst after
 #    the first (warm-up) burst                                                   -> infer_S.json, infer_L.json
-# 5. everything merged                                                           -> gpu_check.json
+# 5. ONNX Runtime CUDA provider: the first level's weights exported by bsr-export, infer.py on the same bursts,
+#    ms per burst (skipped with the reason without onnxruntime-gpu or on --device cpu)  -> onnx.json
+# 6. everything merged                                                           -> gpu_check.json
 #
 # --device cpu runs the same steps at tiny sizes (the test suite does this). --wheels DIR installs lmdb, rawpy and
 # optuna from wheels in DIR (pip --no-index) when they are missing; without them the parts that need them are
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
     --wheels) WHEELS=$2; shift 2 ;;
     --python) PY=$2; shift 2 ;;
     --only) ONLY=",$2,"; shift 2 ;;
-    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,23p "$0"; exit 0 ;;
     *) echo "gpu_check.sh: error: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -180,12 +183,22 @@ for level in "${INFER_LEVELS[@]}"; do
     || FAILED=1
 done
 
-# ---------------------------------------------------------------------------------- 5. report
+# ---------------------------------------------------------------------------------- 5. ONNX Runtime CUDA
+if wanted onnx; then
+  level=${INFER_LEVELS[0]:-tiny}
+  D="$OUT/infer_$level"
+  [ -f "$D/bsrt_$level.pth" ] || $PY benchmarks/gpu_check.py infer-data --dir "$D" --level "$level" \
+    --bursts $BURSTS --packed $PACKED --burst $FRAMES
+  step onnx 900 $PY benchmarks/gpu_check.py onnx --dir "$D" --level "$level" --packed $PACKED --device "$DEVICE" \
+    --json "$OUT/onnx.json"
+fi
+
+# ---------------------------------------------------------------------------------- 6. report
 echo "  \"failed\": $FAILED" >> "$STATUS.tmp"
 echo "}" >> "$STATUS.tmp"
 mv "$STATUS.tmp" "$STATUS"
 PARTS=("$OUT/status.json")
-for part in outputs train_step train resume; do wanted $part && PARTS+=("$OUT/$part.json"); done
+for part in outputs train_step train resume onnx; do wanted $part && PARTS+=("$OUT/$part.json"); done
 for level in "${INFER_LEVELS[@]}"; do PARTS+=("$OUT/infer_$level.json"); done
 $PY benchmarks/gpu_check.py merge --json "$OUT/gpu_check.json" "${PARTS[@]}"
 exit $FAILED

@@ -1,4 +1,5 @@
-"""Console scripts of the installed package: ``bsr-train``, ``bsr-test``, ``bsr-infer`` and ``bsr-tune``.
+"""Console scripts of the installed package: ``bsr-train``, ``bsr-test``, ``bsr-infer``, ``bsr-tune`` and
+``bsr-export``.
 
 Each is the matching root script (``train.py``, ...) with the current directory as the root: experiments go to
 ``./experiments/<name>``, results to ``./results/<name>``, and relative paths in option files are read from there.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from codes.utils.errors import run_cli
 
-__all__ = ['train_main', 'test_main', 'infer_main', 'tune_main']
+__all__ = ['train_main', 'test_main', 'infer_main', 'tune_main', 'export_main']
 
 
 def train_main() -> None:
@@ -37,3 +38,9 @@ def tune_main() -> None:
     """``bsr-tune -opt FILE [--storage URL] [--n-trials N] [--print-options] [--dry-run]``."""
     from codes.tune import tune_pipeline
     run_cli(lambda: tune_pipeline(Path(os.getcwd())), 'bsr-tune')
+
+
+def export_main() -> None:
+    """``bsr-export --weights W --format onnx|torchscript|safetensors --output FILE [-opt FILE]``."""
+    from codes.scripts.export import export_pipeline
+    run_cli(export_pipeline, 'bsr-export')

@@ -10,10 +10,12 @@ Which network the weights are for (first match wins):
    checked against the checkpoint's keys, and the hyper-parameters not given are read from its tensor shapes;
 3. nothing: family and hyper-parameters are read from the checkpoint (``codes.archs.arch_detect``).
 
-The weights are always loaded strictly with ``weights_only=True`` (``codes.utils.checkpoint``), or, for a trainer
-checkpoint that pickles its own bookkeeping classes (DBSR's), with the restricted unpickler that admits those only
-as inert records; a file that is not a checkpoint, or that does not fit the network, is refused with a message
-naming the file.
+The weights are always loaded strictly with ``weights_only=True`` (``codes.utils.checkpoint``; ``.safetensors``
+without pickle), or, for a trainer checkpoint that pickles its own bookkeeping classes (DBSR's), with the
+restricted unpickler that admits those only as inert records; a file that is not a checkpoint, or that does not fit
+the network, is refused with a message naming the file. An ``.onnx`` file written by ``python -m
+codes.scripts.export`` runs through ONNX Runtime in place of the network (:mod:`codes.export.runtime`): its
+metadata says the family, options and burst size, checked against 1-2.
 
 Per input, under ``--output``: ``<name>_srgb.png`` (8-bit sRGB for viewing) and ``<name>_linear.png`` or
 ``.tiff`` (16-bit linear RGB, clamp to [0, 1] × 65535, channels in RGB order on disk), plus for DCLS

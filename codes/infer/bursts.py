@@ -17,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from codes.data.burst_readers import find_bursts, read_burst, select_frames
 from codes.data.srgb_render import render_srgb, srgb_norm_factor
 from codes.infer.inputs import input_errors
-from codes.infer.network import network_call
+from codes.infer.network import network_call, runner_tile
 from codes.infer.outputs import MEMORY_HINT, stream_outputs
 from codes.utils.build import OptionError
 from codes.utils.tiling import check_memory, tiled_forward_rows, tiled_memory_bytes
@@ -42,6 +42,7 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
         jobs = find_bursts(opt['input'], kind)
     multiple, min_size = net.input_size_rule  # packed h, w: (multiple, minimum) the network takes
     call = network_call(net, device, opt['precision'])
+    tile = runner_tile(net, opt['tile'])
     records = [] if records is None else records
     suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
     with logging_redirect_tqdm([logging.getLogger('codes')]), \
@@ -55,12 +56,12 @@ def run_bursts(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
                 logger.warning('%s: %s', path, message)
             x = burst.frames[idx][None]  # (1, N, 4, h, w)
             h, w = x.shape[-2:]
-            check_memory(tiled_memory_bytes((h, w), 3, 8, opt['tile'], opt['tile_overlap'], multiple, min_size),
+            check_memory(tiled_memory_bytes((h, w), 3, 8, tile, opt['tile_overlap'], multiple, min_size),
                          f'{path}: its {8 * w}x{8 * h} output', hint=MEMORY_HINT)
             srgb_path = out_dir / f'{burst.name}_srgb.png'
             lin_path = out_dir / f'{burst.name}_linear{suffix}' if opt['save_linear'] else None
             start = time.time()
-            rows = tiled_forward_rows(call, x, 8, opt['tile'], opt['tile_overlap'], multiple=multiple,
+            rows = tiled_forward_rows(call, x, 8, tile, opt['tile_overlap'], multiple=multiple,
                                       min_size=min_size, progress=tiles_bar)
             render = burst.render
             stream_outputs(rows, (8 * h, 8 * w), srgb_path, lin_path, partial(_render_band, render),

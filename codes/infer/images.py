@@ -13,6 +13,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from codes.infer.inputs import check_image_input, input_errors
+from codes.infer.network import runner_tile
 from codes.infer.outputs import MEMORY_HINT, save_kernel, stream_outputs
 from codes.utils.build import OptionError
 from codes.utils.precision import autocast as _autocast
@@ -37,12 +38,13 @@ def _load_kernel(path: str, kernel_size: int) -> torch.Tensor:
 
 
 def estimate_kernel(net: nn.Module, lr: torch.Tensor, tile: int | None, overlap: int, call_device: torch.device,
-                    precision: str, progress: Any = None) -> torch.Tensor:
+                    precision: str, progress: Any = None, min_size: int | None = None) -> torch.Tensor:
     """DCLS's Estimator on ``lr`` (1, 3, h, w): on the whole image, or, when it is larger than ``tile``, the mean
-    of the per-tile estimates (DCLS models one blur for the whole image). Returns (1, 1, ks, ks) on the CPU."""
+    of the per-tile estimates (DCLS models one blur for the whole image). Returns (1, 1, ks, ks) on the CPU.
+    ``min_size``: pad the image to at least this (default the network's minimum)."""
     from codes.archs.dcls_arch import MIN_LR_SIZE
     from codes.utils.tiling import pad_to_multiple, tile_starts
-    padded, _ = pad_to_multiple(lr, 1, MIN_LR_SIZE)
+    padded, _ = pad_to_multiple(lr, 1, min_size or MIN_LR_SIZE)
     ph, pw = padded.shape[-2:]
     if not tile or (ph <= tile and pw <= tile):
         boxes = [(0, 0, ph, pw)]
@@ -74,11 +76,13 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
         files = find_images(opt['input'])
     check_image_input(opt['input'], files)
     given = _load_kernel(opt['kernel'], net.kernel_size) if opt.get('kernel') else None
+    min_size = getattr(net, 'input_size_rule', (1, MIN_LR_SIZE))[1]
     tile = opt['tile']
-    if tile and tile < 2 * net.kernel_size:
+    if tile and tile < 2 * net.kernel_size and getattr(net, 'fixed_tile', None) is None:
         logger.info('tile %d raised to %d (twice the kernel size) so the CLS deconvolution sees enough context',
                     tile, 2 * net.kernel_size)
         tile = 2 * net.kernel_size
+    tile = runner_tile(net, tile)
     suffix = '.tiff' if opt['linear_format'] == 'tiff' else '.png'
     records = [] if records is None else records
 
@@ -90,11 +94,11 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
                 lr = read_rgb_image(path)[None]  # (1, 3, h, w)
             h, w = lr.shape[-2:]
             s = net.scale
-            check_memory(tiled_memory_bytes((h, w), 3, s, tile, opt['tile_overlap'], 1, MIN_LR_SIZE),
+            check_memory(tiled_memory_bytes((h, w), 3, s, tile, opt['tile_overlap'], 1, min_size),
                          f'{path}: its {s * w}x{s * h} output', hint=MEMORY_HINT)
             start = time.time()
             kernel = given if given is not None else estimate_kernel(net, lr, tile, opt['tile_overlap'], device,
-                                                                     opt['precision'], tiles_bar)
+                                                                     opt['precision'], tiles_bar, min_size)
             kernel_on_device = kernel.to(device)
 
             def restore(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +111,7 @@ def run_images(net: nn.Module, opt: dict, device: torch.device, out_dir: Path,
             stem = out_dir / path.stem
             srgb_path = stem.with_name(f'{path.stem}_sr.png')
             sr16_path = stem.with_name(f'{path.stem}_sr16{suffix}') if opt['save_linear'] else None
-            rows = tiled_forward_rows(restore, lr, s, tile, opt['tile_overlap'], multiple=1, min_size=MIN_LR_SIZE,
+            rows = tiled_forward_rows(restore, lr, s, tile, opt['tile_overlap'], multiple=1, min_size=min_size,
                                       progress=tiles_bar)
             stream_outputs(rows, (s * h, s * w), srgb_path, sr16_path, to_srgb)
             record = {'input': str(path), 'kind': 'image', 'input_size': [h, w], 'output_size': [s * h, s * w],

@@ -1,6 +1,11 @@
-"""The network of an inference run: the device, the architecture the weights are for, strict loading, the call."""
+"""The network of an inference run: the device, the architecture the weights are for, strict loading, the call.
+
+The weights may also be an ONNX file written by ``python -m codes.scripts.export``: it is run by ONNX Runtime
+(:mod:`codes.export.runtime`) behind the same call, so the runners and the tiling are those of the PyTorch path.
+"""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -13,7 +18,9 @@ from codes.utils.build import OptionError
 from codes.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_network
 from codes.utils.precision import autocast as _autocast
 
-__all__ = ['resolve_device', 'load_inference_network', 'network_call']
+__all__ = ['resolve_device', 'load_inference_network', 'network_call', 'runner_tile']
+
+logger = logging.getLogger('codes.infer')
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,6 +66,9 @@ def _network_options(sd: Mapping[str, torch.Tensor], opt: dict, source: str) -> 
 def load_inference_network(weights: str | Path, opt: dict, device: torch.device) -> tuple[nn.Module, dict, str]:
     """Build the network for ``weights`` and load them strictly; returns (net in eval mode, network_g, param_key)."""
     weights = Path(weights)
+    if weights.suffix.lower() == '.onnx':
+        from codes.export.runtime import load_onnx_network
+        return load_onnx_network(weights, opt, device)
     ckpt = load_file(weights)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f'{weights}: expected a state_dict or a {{"params": ...}} checkpoint, got a '
@@ -79,7 +89,26 @@ def load_inference_network(weights: str | Path, opt: dict, device: torch.device)
 
 
 def network_call(net: nn.Module, device: torch.device, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> net(x)`` on ``device`` under no_grad and autocast, float32 out; an exported graph (not an
+    ``nn.Module``) is called as it is, in the fp32 it was checked in."""
+    if not isinstance(net, nn.Module):
+        if precision != 'fp32':
+            raise OptionError('precision', f'{net} runs in fp32, the precision it was exported and checked in; '
+                              'drop --precision')
+        return net
+
     def call(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), _autocast(device, precision):
             return net(x.to(device)).float()
     return call
+
+
+def runner_tile(net: object, tile: int | None) -> int | None:
+    """The tile size to run ``net`` with: ``tile``, or the one size an exported graph of fixed h and w takes."""
+    fixed = getattr(net, 'fixed_tile', None)
+    if fixed is None:
+        return tile
+    if tile != fixed:
+        logger.info('%s takes inputs of %dx%d only (fixed when exported): tiles of that size are used instead of '
+                    '%s', net, fixed, fixed, tile)
+    return fixed

@@ -177,17 +177,44 @@ def _unreadable(source: str, exc: Exception) -> str:
     return f'{source}: not a readable PyTorch checkpoint (truncated or another format): {type(exc).__name__}: {exc}'
 
 
+#: file suffixes of bare weights read without pickle
+SAFETENSORS_SUFFIXES = ('.safetensors', )
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (no pickle: a JSON header and raw buffers)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as st_load
+    except ImportError:
+        raise CheckpointError(f'{path}: reading safetensors weights needs the package safetensors: pip install '
+                              '"burstsr-toolkit[export]" (or pip install safetensors)') from None
+    try:
+        return st_load(str(path), device='cpu')
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f'{path}: not a readable safetensors file (truncated or another format): '
+                              f'{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}') from None
+
+
 def load_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with errors that name the file.
 
     A file that loader refuses is read once more with :func:`codes.utils.safe_pickle.safe_torch_load`, admitting
     the trainer classes of ``TRAINER_RECORDS_ALLOWED`` as inert records (DBSR's official checkpoints); anything
     else it names is refused with a ``CheckpointError``, and no code from the file runs.
+
+    A ``.safetensors`` file is read with ``safetensors`` instead (no pickle at all) and gives its bare state_dict;
+    an ``.onnx`` file is refused (it is a graph for ``infer.py``, not weights a network can load).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(f'checkpoint not found: {path}' + (' (a folder, not a file)' if path.is_dir()
                                                                          else ''))
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        return _load_safetensors(path)
+    if path.suffix.lower() == '.onnx':
+        raise CheckpointError(f'{path}: an ONNX graph holds no weights a PyTorch network can load; only infer.py '
+                              'runs it (--weights model.onnx). Give a .pth or .safetensors file here')
     # a trainer checkpoint that pickles its bookkeeping classes (DBSR's) is read again with the restricted
     # unpickler, which admits those classes only as inert records
     return load_weights_only(path, str(path), fallback=lambda: safe_torch_load(path, TRAINER_RECORDS_ALLOWED))

@@ -72,6 +72,7 @@ def test_gpu_check_script_on_cpu(tmp_path: Path) -> None:
     assert report['train']['training_states'], report['train']
     assert report['resume']['params_equal'] and report['resume']['params_ema_equal'], report['resume']
     assert report['infer_tiny']['ms_per_burst'] > 0
+    assert 'skipped' in report['onnx'] and report['onnx']['skipped']  # the CUDA-provider row says why it did not run
 
 
 def test_demo_options_valid(sample_data) -> None:
