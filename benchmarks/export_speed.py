@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/export_speed.py [--models BSRT-S EBSR Burstormer-synthetic DCLS] [--size 24] [--burst 14]
+    python benchmarks/export_speed.py [--models BSRT-S EBSR Burstormer-synthetic DBSR BIPNet DCLS] [--size 24] [--burst 14]
                                       [--repeats 5] [--threads N] [--compile] [--json OUT.json]
 
 Each network (published configuration, random weights, ``impl: fast``) is exported by the code of ``bsr-export``
@@ -37,6 +37,8 @@ MODELS: dict[str, dict] = {
     'BSRT-S': {'type': 'BSRT', 'level': 'S'},
     'EBSR': {'type': 'EBSR'},
     'Burstormer-synthetic': {'type': 'Burstormer', 'track': 'synthetic'},
+    'DBSR': {'type': 'DBSR'},
+    'BIPNet': {'type': 'BIPNet'},
     'DCLS': {'type': 'DCLS', 'scale': 4, 'kernel_size': 21},
 }
 

@@ -17,6 +17,10 @@ TINY = {
              'drop_path_rate': 0.0},
     'EBSR': {'type': 'EBSR', 'n_feats': 16, 'n_resblocks': 1, 'n_resgroups': 1, 'burst_size': 2, 'front_RBs': 1},
     'Burstormer': {'type': 'Burstormer', 'num_features': 16, 'burst_size': 14},  # ONNX: n a multiple of 7
+    'DBSR': {'type': 'DBSR', 'enc_init_dim': 8, 'enc_num_res_blocks': 1, 'enc_out_dim': 16, 'dec_init_conv_dim': 8,
+             'dec_num_pre_res_blocks': 1, 'dec_post_conv_dim': 8, 'dec_num_post_res_blocks': 1,
+             'offset_feat_dim': 8, 'weight_pred_proj_dim': 8, 'num_weight_predictor_res': 1, 'burst_size': 3},
+    'BIPNet': {'type': 'BIPNet', 'num_blocks': 1, 'num_units': 1, 'unet_blocks': [1, 1, 1, 1, 1], 'unet_units': 1},
     'DCLS': {'type': 'DCLS', 'scale': 2, 'kernel_size': 11, 'nf': 8, 'nb': 1, 'ng': 1, 'reduction': 2,
              'input_para': 8},
 }
