@@ -15,7 +15,13 @@ import pytest
 from tests.test_runner.cluster_helpers import base_env, free_port, log_text, rank_pid, wait_for
 from tests.test_runner.resume_cases import ROOT, bsrt_demo, differences, final_state, write
 
-pytestmark = pytest.mark.skipif(not __import__('torch').distributed.is_available(), reason='no torch.distributed')
+pytestmark = [
+    pytest.mark.skipif(not __import__('torch').distributed.is_available(), reason='no torch.distributed'),
+    # opt-in: a restarted round was seen to hang in gloo's process-group creation (both workers waiting in
+    # init_process_group after the agent's second restart), which a default run must not wait for
+    pytest.mark.skipif(os.environ.get('TEST_ELASTIC') != '1',
+                       reason='opt-in (TEST_ELASTIC=1): a restarted gloo round can hang in init_process_group'),
+]
 
 TOTAL = 12
 
