@@ -275,14 +275,14 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, sample_data):
     assert [t.state.name for t in trials] == ['FAIL', 'FAIL', 'FAIL', 'COMPLETE']
     reasons = [t.user_attrs['fail_reason'] for t in trials[:3]]
     assert reasons[0].startswith('invalid sampled combination') and 'train.scheduler.gamma' in reasons[0]
-    assert 'num_heads' in reasons[1] or 'divisible' in reasons[1], reasons[1]
+    # a declared constructor check: one line naming the key, found before the trial trains (no traceback)
+    assert reasons[1].startswith('invalid sampled combination') and "option 'network_g.embed_dim'" in reasons[1] \
+        and 'num_heads 5' in reasons[1], reasons[1]
     # after one step of lr 1e30 the next forward gives torchvision's CPU deform_conv2d NaN offsets, on which it
     # segfaults: the trial's process dies, the worker records it and goes on
     assert reasons[2].startswith(('non-finite loss', 'the trial process died')) or 'diverged' in reasons[2], reasons[2]
     assert study.best_trial.number == 3
     exp = tmp_path / 'experiments' / 'fails'
-    log = ''.join(p.read_text() for p in (exp / 'trial_1').glob('train_*.log'))
-    assert 'Trial failed: ValueError' in log and 'Traceback' in log  # the trial's log keeps the traceback
     with open(exp / 'trials.csv') as f:
         rows = list(csv.DictReader(f))
     assert [r['state'] for r in rows] == ['FAIL', 'FAIL', 'FAIL', 'COMPLETE'] and rows[1]['note']
