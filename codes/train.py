@@ -214,7 +214,12 @@ def train_pipeline(root_path: str | Path, argv: list[str] | None = None,
     try:
         if args.dry_run:
             return dry_run(opt, rank, world)
-        return run_training(opt, args, rank, world, on_validation)
+        model = run_training(opt, args, rank, world, on_validation)
+        # every rank is past its last collective before the group is torn down: a rank that left while another was
+        # still writing its curves was seen to abort in gloo's teardown ('terminate called without an active
+        # exception')
+        dist_utils.barrier()
+        return model
     finally:
         dist_utils.destroy_dist()
 

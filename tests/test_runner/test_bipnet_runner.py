@@ -123,3 +123,18 @@ def test_shipped_option_files_validate(name, is_train, tmp_path):
         net = build_network(opt['network_g'])
     assert type(net).__name__ == 'BIPNet'
     assert all(ds['burst_size'] == 14 for ds in opt['datasets'].values())
+
+
+def test_tune_runs_a_bipnet_trial(tmp_path, sample_data, one_val):
+    pytest.importorskip('optuna')
+    import yaml
+    from codes.tune import tune_pipeline
+    opt = load_yaml(OPTIONS / 'demo_bipnet.yml')
+    opt['search_space'] = {'train.optim_g.lr': {'low': 1e-4, 'high': 1e-3, 'log': True}}
+    opt['tune'] = {'n_trials': 1, 'max_iters': 1, 'limit_val_batches': 1, 'start_method': 'forkserver'}
+    path = tmp_path / 'tune.yml'
+    path.write_text(yaml.safe_dump(opt))
+    sets = [s for s in _demo_overrides(tmp_path, sample_data, one_val, 2) if not s.startswith('train.')]
+    study = tune_pipeline(ROOT, ['-opt', str(path), '--force_yml', *sets])
+    trials = study.get_trials()
+    assert len(trials) == 1 and trials[0].state.name == 'COMPLETE' and np.isfinite(trials[0].value)

@@ -137,3 +137,18 @@ def test_real_track_fine_tunes_from_the_synthetic_checkpoint(trained, tmp_path):
     pwc = [k for k in before if k.startswith('encoder.alignment_net.net.')]
     assert all(torch.equal(before[k], after[k]) for k in pwc)
     assert not torch.equal(before['decoder.predictor.0.weight'], after['decoder.predictor.0.weight'])
+
+
+def test_tune_runs_a_dbsr_trial(tmp_path, sample_data):
+    pytest.importorskip('optuna')
+    import yaml
+    from codes.tune import tune_pipeline
+    opt = load_yaml(OPTIONS / 'demo_dbsr.yml')
+    opt['search_space'] = {'train.optim_g.lr': {'low': 1e-4, 'high': 1e-3, 'log': True}}
+    opt['tune'] = {'n_trials': 1, 'max_iters': 1, 'limit_val_batches': 1, 'start_method': 'forkserver'}
+    path = tmp_path / 'tune.yml'
+    path.write_text(yaml.safe_dump(opt))
+    sets = [s for s in _demo_overrides(tmp_path, sample_data, 2) if not s.startswith('train.')]
+    study = tune_pipeline(ROOT, ['-opt', str(path), '--force_yml', *sets, 'val.save_img=false'])
+    trials = study.get_trials()
+    assert len(trials) == 1 and trials[0].state.name == 'COMPLETE' and np.isfinite(trials[0].value)
