@@ -21,7 +21,7 @@ import cv2
 
 from codes.utils.errors import UserError
 
-__all__ = ['write_report', 'write_comparison', 'load_results', 'THUMB_SIZE', 'ReportError', 'TABLE_CSS',
+__all__ = ['write_report', 'write_comparison', 'load_results', 'THUMB_SIZE', 'ReportError', 'PAGE_CSS', 'TABLE_CSS',
            'SORT_JS']
 
 #: Longer side of a thumbnail, in pixels.
@@ -238,13 +238,20 @@ def _page(title: str, summary_rows: str, columns: list[dict], rows: list[dict], 
           default_sort: str | None) -> str:
     data = {'columns': columns, 'rows': rows, 'panes': panes, 'sort': default_sort}
     payload = json.dumps(data, allow_nan=False).replace('</', '<\\/')
-    return (_TEMPLATE.replace('%TABLE_CSS%', TABLE_CSS).replace('%SORT_JS%', SORT_JS)
+    return (_TEMPLATE.replace('%PAGE_CSS%', PAGE_CSS).replace('%TABLE_CSS%', TABLE_CSS).replace('%SORT_JS%', SORT_JS)
             .replace('%TITLE%', html.escape(title)).replace('%SUMMARY%', summary_rows)
             .replace('%DATA%', payload).replace('%COUNT%', str(len(rows))))
 
 
 #: CSS of the sortable ``#results`` table, shared by every page of the toolkit (reports, comparisons, the results
 #: table of ``codes.visualization.results_table``).
+#: the page frame (body, header bar, main area) every page with a sortable table shares
+PAGE_CSS = r'''body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
+header { padding: 12px 16px; background: #263238; color: #fff; }
+header h1 { font-size: 18px; margin: 0; }
+main { padding: 12px 16px; }
+table { border-collapse: collapse; }'''
+
 TABLE_CSS = r'''#results th { position: sticky; top: 0; background: #eceff1; cursor: pointer; user-select: none;
   padding: 6px 8px; text-align: right; white-space: nowrap; border-bottom: 1px solid #b0bec5; }
 #results th.key, #results td.key { text-align: left; }
@@ -288,11 +295,7 @@ _TEMPLATE = r'''<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>%TITLE%</title>
 <style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
-header { padding: 12px 16px; background: #263238; color: #fff; }
-header h1 { font-size: 18px; margin: 0; }
-main { padding: 12px 16px; }
-table { border-collapse: collapse; }
+%PAGE_CSS%
 #summary th, #summary td { text-align: left; padding: 2px 12px 2px 0; font-weight: normal; }
 #summary th { color: #555; }
 #controls { margin: 12px 0 8px; }

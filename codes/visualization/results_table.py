@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from codes.metrics.published import dataset_id, find_figure, metric_kind, network_variant
 from codes.utils.errors import UserError
-from codes.visualization.report import SORT_JS, TABLE_CSS, ReportError, load_results
+from codes.visualization.report import PAGE_CSS, SORT_JS, TABLE_CSS, ReportError, load_results
 
 __all__ = ['collect_result_dirs', 'build_table', 'write_markdown', 'write_html', 'write_results_table',
            'ResultsTable', 'NONE']
@@ -246,7 +246,7 @@ def write_html(table: ResultsTable, path: str | os.PathLike, title: str = 'Resul
     payload = json.dumps(data, allow_nan=False, ensure_ascii=False).replace('</', '<\\/')
     sources = ''.join(f'<li id="src{i}">{html.escape(s)}</li>' for i, s in enumerate(table.sources, 1))
     notes = ''.join(f'<li>{html.escape(n)}</li>' for n in table.notes)
-    page = (_TEMPLATE.replace('%TABLE_CSS%', TABLE_CSS).replace('%SORT_JS%', SORT_JS)
+    page = (_TEMPLATE.replace('%PAGE_CSS%', PAGE_CSS).replace('%TABLE_CSS%', TABLE_CSS).replace('%SORT_JS%', SORT_JS)
             .replace('%TITLE%', html.escape(title)).replace('%COUNT%', str(len(table.rows)))
             .replace('%SOURCES%', sources).replace('%NOTES%', notes).replace('%NONE%', NONE)
             .replace('%DATA%', payload))
@@ -272,11 +272,7 @@ _TEMPLATE = r'''<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>%TITLE%</title>
 <style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; background: #fafafa; }
-header { padding: 12px 16px; background: #263238; color: #fff; }
-header h1 { font-size: 18px; margin: 0; }
-main { padding: 12px 16px; }
-table { border-collapse: collapse; }
+%PAGE_CSS%
 #results { background: #fff; }
 %TABLE_CSS%
 #results td.published { color: #555; }
