@@ -17,6 +17,7 @@ from codes.utils.errors import UserError
 from codes.utils.options import load_yaml, normalize_options, validate_options
 from tests.test_infer.helpers import write_png_burst
 from tests.test_runner.test_training import losses_from_log
+from tests.test_runner.tiny import one_lr_trial
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -127,14 +128,5 @@ def test_shipped_option_files_validate(name, is_train, tmp_path):
 
 def test_tune_runs_a_bipnet_trial(tmp_path, sample_data, one_val):
     pytest.importorskip('optuna')
-    import yaml
-    from codes.tune import tune_pipeline
-    opt = load_yaml(OPTIONS / 'demo_bipnet.yml')
-    opt['search_space'] = {'train.optim_g.lr': {'low': 1e-4, 'high': 1e-3, 'log': True}}
-    opt['tune'] = {'n_trials': 1, 'max_iters': 1, 'limit_val_batches': 1, 'start_method': 'forkserver'}
-    path = tmp_path / 'tune.yml'
-    path.write_text(yaml.safe_dump(opt))
-    sets = [s for s in _demo_overrides(tmp_path, sample_data, one_val, 2) if not s.startswith('train.')]
-    study = tune_pipeline(ROOT, ['-opt', str(path), '--force_yml', *sets])
-    trials = study.get_trials()
-    assert len(trials) == 1 and trials[0].state.name == 'COMPLETE' and np.isfinite(trials[0].value)
+    trial = one_lr_trial(OPTIONS / 'demo_bipnet.yml', tmp_path, _demo_overrides(tmp_path, sample_data, one_val, 2))
+    assert trial.state.name == 'COMPLETE' and np.isfinite(trial.value)

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from codes.archs import build_network
 from codes.infer import infer_pipeline
@@ -17,6 +16,7 @@ from codes.train import train_pipeline
 from codes.utils.options import load_yaml, normalize_options, validate_options
 from tests.test_infer.helpers import mosaic_counts, photo_rgb, write_dng, write_png_burst
 from tests.test_runner.test_training import losses_from_log
+from tests.test_runner.tiny import one_lr_trial
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -110,16 +110,9 @@ def test_infer_detects_burstormer_on_every_input_kind(trained, tmp_path):
 
 def test_tune_runs_a_burstormer_trial(tmp_path, sample_data):
     pytest.importorskip('optuna')
-    from codes.tune import tune_pipeline
-    opt = load_yaml(OPTIONS / 'demo_synthetic.yml')
-    opt['search_space'] = {'train.optim_g.lr': {'low': 1e-4, 'high': 1e-3, 'log': True}}
-    opt['tune'] = {'n_trials': 1, 'max_iters': 1, 'limit_val_batches': 1, 'start_method': 'forkserver'}
-    path = tmp_path / 'tune.yml'
-    path.write_text(yaml.safe_dump(opt))
-    sets = [s for s in _demo_overrides(tmp_path, sample_data, 2) if not s.startswith('train.')]
-    study = tune_pipeline(ROOT, ['-opt', str(path), '--force_yml', *sets, 'val.save_img=false'])
-    trials = study.get_trials()
-    assert len(trials) == 1 and trials[0].state.name == 'COMPLETE' and np.isfinite(trials[0].value)
+    trial = one_lr_trial(OPTIONS / 'demo_synthetic.yml', tmp_path,
+                         [*_demo_overrides(tmp_path, sample_data, 2), 'val.save_img=false'])
+    assert trial.state.name == 'COMPLETE' and np.isfinite(trial.value)
 
 
 @pytest.mark.parametrize('name, is_train', [('train_synthetic.yml', True), ('train_real.yml', True),

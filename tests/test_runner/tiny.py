@@ -29,6 +29,22 @@ def tiny_options(tmp_path: Path, sample: Path, name: str = 'tiny', total_iter: i
     }
 
 
+def one_lr_trial(demo: Path, tmp_path: Path, overrides: list[str]):
+    """One ``tune.py`` trial (learning rate sampled, one iteration, one validation batch) of the demo option file
+    ``demo`` with the ``--force_yml`` ``overrides`` (``train.*`` ones dropped: the tune block sets the budget);
+    returns the trial, which the caller checks."""
+    from codes.tune import tune_pipeline
+    from codes.utils.options import load_yaml
+    opt = load_yaml(demo)
+    opt['search_space'] = {'train.optim_g.lr': {'low': 1e-4, 'high': 1e-3, 'log': True}}
+    opt['tune'] = {'n_trials': 1, 'max_iters': 1, 'limit_val_batches': 1, 'start_method': 'forkserver'}
+    path = write_options(tmp_path / 'tune.yml', opt)
+    sets = [s for s in overrides if not s.startswith('train.')]
+    root = Path(__file__).resolve().parents[2]
+    (trial, ) = tune_pipeline(root, ['-opt', str(path), '--force_yml', *sets]).get_trials()
+    return trial
+
+
 def write_options(path: Path, opt: dict) -> Path:
     path.write_text(yaml.safe_dump(opt))
     return path
