@@ -7,7 +7,7 @@ Usage (from the repository root)::
                                       [--threads N] [--json OUT.json]
 
 The input is one random packed RGGB burst (1, burst, 4, size, size) in [0, 1] (48: SyntheticBurstVal, output
-384×384). Multiply-accumulates are counted by ``codes.utils.macs.count_macs`` (the counter of
+384×384). Multiply-accumulates are counted by ``codes.archs.macs.count_macs`` (the counter of
 ``python -m codes.scripts.results_table`` too), with ``torch.utils.flop_counter.FlopCounterMode`` under no_grad
 (MACs = FLOPs / 2; it counts matmuls and convolutions, not activations, norms, pooling or interpolation); the
 deformable convolution (``torchvision::deform_conv2d``, which the counter does not know) is counted as the plain
@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from benchmarks.train_step import machine_info  # noqa: E402
 from codes.archs import build_network  # noqa: E402
-from codes.utils.macs import count_macs, register_deform_conv_formula  # noqa: E402
+from codes.archs.macs import count_macs, register_deform_conv_formula  # noqa: E402
 
 MODELS: dict[str, dict] = {
     'BSRT-S': {'type': 'BSRT', 'level': 'S'},

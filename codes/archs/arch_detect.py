@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ['detect_family', 'network_options_from_state_dict', 'FAMILIES']
+__all__ = ['detect_family', 'network_options_from_state_dict', 'fitting_network_hint', 'FAMILIES']
 
 
 def _is_bsrt(sd: Mapping[str, torch.Tensor]) -> bool:
@@ -204,3 +204,12 @@ def network_options_from_state_dict(sd: Mapping[str, torch.Tensor], source: str 
     except (KeyError, IndexError, ZeroDivisionError) as exc:
         raise ValueError(f'{source}: looks like {family} but a tensor the hyper-parameters are read from is '
                          f'missing or malformed ({type(exc).__name__}: {exc})') from None
+
+
+def fitting_network_hint(sd: Mapping[str, torch.Tensor]) -> str:
+    """' Its keys and shapes fit network_g {...}.' when the architecture can be read from ``sd``, else '' (the
+    ``describe`` of ``codes.utils.checkpoint.load_network``)."""
+    try:
+        return f' Its keys and shapes fit network_g {network_options_from_state_dict(sd)}.'
+    except ValueError:
+        return ''

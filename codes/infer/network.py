@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from codes.archs import build_network
-from codes.archs.arch_detect import FAMILIES, detect_family, network_options_from_state_dict
+from codes.archs.arch_detect import FAMILIES, detect_family, fitting_network_hint, network_options_from_state_dict
 from codes.utils.build import OptionError
 from codes.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_network
 from codes.utils.precision import autocast as _autocast
@@ -84,7 +84,7 @@ def load_inference_network(weights: str | Path, opt: dict, device: torch.device)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
     net = build_network(net_opt)
-    load_network(net, weights, strict=True, param_key=param_key)
+    load_network(net, weights, strict=True, param_key=param_key, describe=fitting_network_hint)
     return net.to(device).eval(), net_opt, param_key
 
 

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from codes.archs import build_network
+from codes.archs.arch_detect import fitting_network_hint
 from codes.losses import build_loss
 from codes.metrics import build_metric
 from codes.metrics.metric_util import MetricUnavailable
@@ -95,7 +96,8 @@ class BaseModel(abc.ABC):
         path = opt['path']
         self.pretrained = path['pretrain_network_g']
         if self.pretrained:
-            load_network(self.net_g, self.pretrained, path['strict_load_g'], path['param_key_g'])
+            load_network(self.net_g, self.pretrained, path['strict_load_g'], path['param_key_g'],
+                         describe=fitting_network_hint)
         self.ema: WeightEMA | None = None
         self.amp_dtype = precision.to_dtype(opt['train']['precision'])
         self.eval_dtype = precision.to_dtype(opt['val']['precision'])

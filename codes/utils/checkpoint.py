@@ -273,15 +273,6 @@ def unwrap_checkpoint(ckpt: Any, family: str, source: str = 'checkpoint', param_
     return out
 
 
-def _fitting_network(sd: Mapping[str, torch.Tensor]) -> str:
-    """' Its keys and shapes fit network_g {...}.' when the architecture can be read from ``sd``, else ''."""
-    from codes.archs.arch_detect import network_options_from_state_dict
-    try:
-        return f' Its keys and shapes fit network_g {network_options_from_state_dict(sd)}.'
-    except ValueError:
-        return ''
-
-
 def load_state_dict_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, *,
                            strict: bool = True, mismatch: str | None = None, hint: str | Callable[[], str] = '',
                            optional: Collection[str] = (), error: Callable[[str], Exception] = CheckpointError
@@ -322,15 +313,18 @@ def load_state_dict_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor
     net.load_state_dict(state_dict, strict=strict and not kept)
 
 
-def load_network(net: nn.Module, path: str | os.PathLike, strict: bool = True, param_key: str = 'params') -> None:
+def load_network(net: nn.Module, path: str | os.PathLike, strict: bool = True, param_key: str = 'params',
+                 describe: Callable[[Mapping[str, torch.Tensor]], str] | None = None) -> None:
     """Load weights from ``path`` into ``net`` (bare state_dict, BasicSR wrapper or ``module.`` prefix accepted).
 
-    A checkpoint made for another architecture raises ``CheckpointError`` naming the file and the differing keys.
+    A checkpoint made for another architecture raises ``CheckpointError`` naming the file and the differing keys,
+    followed by ``describe(state_dict)`` when given (``codes.archs.arch_detect.fitting_network_hint`` says which
+    ``network_g`` the file fits).
     """
     sd = extract_state_dict(load_file(path), param_key, str(path))
     load_state_dict_strict(net, sd, str(path), strict=strict,
                            hint=lambda: '. Is it a checkpoint of another architecture or size (check network_g)?'
-                           + _fitting_network(sd))
+                           + (describe(sd) if describe is not None else ''))
     logger.info('Loaded %s [%s] into %s', path, param_key, type(net).__name__)
 
 

@@ -2,7 +2,7 @@
 
 Each row is one result folder (``results/<name>/<dataset>``, its ``metrics.json``): the run, the network (the
 published variant it is, e.g. ``BSRT-S``, or its type with "own options"), its parameter count, its
-multiply-accumulates on one 14×48×48 packed burst (``codes.utils.macs.burst_macs``; burst networks only), the
+multiply-accumulates on one 14×48×48 packed burst (``codes.archs.macs.burst_macs``; burst networks only), the
 dataset, and every mean metric with the published figure of that network, dataset and metric beside it
 (``codes.metrics.published``; "—" where none is known). The page uses the sortable table of the HTML reports
 (``codes.visualization.report``: its CSS and sort code), has no network access and no CDN; click a header to sort,
@@ -113,10 +113,10 @@ def build_table(result_dirs: Sequence[str | os.PathLike], count_macs: bool = Tru
         result_dirs: ``results/<name>/<dataset>`` folders.
         count_macs: count each burst network's MACs on one 14×48×48 burst (a forward of the network built from the
             recorded options, once per distinct network); False leaves the column empty.
-        macs_fn: the counter (default ``codes.utils.macs.burst_macs``).
+        macs_fn: the counter (default ``codes.archs.macs.burst_macs``).
     """
     if macs_fn is None:
-        from codes.utils.macs import burst_macs as macs_fn
+        from codes.archs.macs import burst_macs as macs_fn
     table = ResultsTable()
     loaded = []
     metric_names: list[str] = []

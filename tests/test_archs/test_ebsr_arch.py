@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from codes.archs import build_network
-from codes.archs.arch_detect import detect_family, network_options_from_state_dict
+from codes.archs.arch_detect import detect_family, fitting_network_hint, network_options_from_state_dict
 from codes.archs.burst_blocks import BoundedDCNSep, PCDAlign, WNConv2d, up2
 from codes.archs.ebsr_arch import EBSR, NonLocalBlock, convert_ebsr_checkpoint
 from codes.utils.build import OptionError
@@ -370,6 +370,18 @@ def test_official_state_dict_loads_strictly_and_is_detected(tiny: EBSR, tmp_path
         plain = EBSR(**{**TINY, 'non_local': False})
     assert network_options_from_state_dict(plain.state_dict())['non_local'] is False
     assert network_options_from_state_dict(plain.state_dict())['burst_size'] == 3
+
+
+def test_a_file_of_another_size_names_the_network_g_it_fits(tiny: EBSR, tmp_path: Path) -> None:
+    path = tmp_path / 'tiny.pth'
+    torch.save(tiny.state_dict(), path)
+    other = EBSR(**{**TINY, 'n_feats': TINY['n_feats'] * 2})
+    with pytest.raises(CheckpointError) as err:
+        load_network(other, path, describe=fitting_network_hint)
+    assert f"Its keys and shapes fit network_g {network_options_from_state_dict(tiny.state_dict())}." in str(err.value)
+    with pytest.raises(CheckpointError) as err:
+        load_network(other, path)  # without describe: the mismatch alone
+    assert 'fit network_g' not in str(err.value)
 
 
 def test_other_layouts_are_refused_or_converted(tiny: EBSR, tmp_path: Path) -> None:
