@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from codes.data.dataset_checks import check_choice, check_min
 from codes.data.degradations import random_batch_kernels
-from codes.data.io_backend import check_io_backend, open_backend, to_bgr_uint8
+from codes.data.io_backend import check_io_backend, io_backend_problems, open_backend, to_bgr_uint8
 from codes.utils.files import natural_key
 from codes.utils.registry import DATASET_REGISTRY
 
@@ -102,6 +102,9 @@ class BlindSRHRDataset(_SeededItems, Dataset):
         seed: fixed base seed (item i is then always the same sample); None draws from the global generator.
         io_backend: ``{type: disk}`` (default) or ``{type: lmdb, ...}``.
     """
+
+    #: the io_backend block's problems, reported by option validation with the file's other ones
+    check_options = staticmethod(io_backend_problems)
 
     def __init__(self, dataroot_gt: str, scale: int = 4, gt_size: int = 256, kernel_size: int = 21,
                  sig_min: float = 0.2, sig_max: float = 4.0, rate_iso: float = 1.0, random_disturb: bool = False,
@@ -180,6 +183,9 @@ class PairedBlindSRDataset(_SeededItems, Dataset):
         kernel_key_regex: ``re.fullmatch`` on the LQ name; its first group fills ``kernel_name``; None: the name.
         kernel_name: the kernel file's stem, ``{}`` standing for that group.
     """
+
+    #: the io_backend block's problems, reported by option validation with the file's other ones
+    check_options = staticmethod(io_backend_problems)
 
     def __init__(self, dataroot_gt: str, dataroot_lq: str | None = None, scale: int = 4, phase: str = 'val',
                  gt_size: int = 256, modcrop: bool = True, gt_key_regex: str | None = None,

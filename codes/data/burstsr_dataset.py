@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from codes.data.camera_pipeline import pack_raw, unpack_raw
 from codes.data.dataset_checks import check_choice, check_min, check_range
 from codes.utils.registry import DATASET_REGISTRY
-from codes.data.io_backend import check_io_backend, check_png16, open_backend, read_png16
+from codes.data.io_backend import check_io_backend, check_png16, io_backend_problems, open_backend, read_png16
 from codes.utils.safe_pickle import EXIFREAD_ALLOWED, safe_load_pickle, safe_loads_pickle
 
 __all__ = ['BurstSRDataset', 'BurstFiles', 'KNOWN_BAD_CROPS', 'SAMSUNG_NORM', 'CANON_NORM',
@@ -190,6 +190,9 @@ class BurstSRDataset(Dataset):
             holding ``train/``/``val/`` or from one split's folder), and an item's frames, pickles and Canon image
             are read in one transaction.
     """
+
+    #: the io_backend block's problems, reported by option validation with the file's other ones
+    check_options = staticmethod(io_backend_problems)
 
     def __init__(self, dataroot: str, split: str = 'train', burst_size: int = 14, crop_size: int = 80,
                  center_crop: bool = False, random_flip: bool = False, random_frame_order: bool = True,

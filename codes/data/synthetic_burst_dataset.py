@@ -22,8 +22,8 @@ from torch.utils.data import Dataset
 from codes.data.burst_synthesis import WARP_BACKENDS, random_crop, rgb_to_raw_burst
 from codes.data.dataset_checks import check_choice, check_min, check_multiple
 from codes.utils.registry import DATASET_REGISTRY
-from codes.data.io_backend import (Backend, check_io_backend, check_png16, open_backend, read_png16,
-                                  to_bgr_uint8)
+from codes.data.io_backend import (Backend, check_io_backend, check_png16, io_backend_problems, open_backend,
+                                  read_png16, to_bgr_uint8)
 from codes.utils.files import IMAGE_EXTENSIONS, natural_key
 from codes.utils.safe_pickle import safe_load_pickle, safe_loads_pickle
 
@@ -111,6 +111,9 @@ class SyntheticBurstDataset(Dataset):
             it) holding the same relative paths, from which the same images are selected; the decoded pixels are
             those ``cv2.imread`` gives, so an item is the same burst from either backend.
     """
+
+    #: the io_backend block's problems, reported by option validation with the file's other ones
+    check_options = staticmethod(io_backend_problems)
 
     def __init__(self, dataroot: str, burst_size: int = 14, crop_size: int = 256, phase: str = 'train',
                  channel_order: str = 'bgr', max_translation: float = 24.0, max_rotation: float = 1.0,
@@ -238,6 +241,9 @@ class SyntheticBurstValDataset(Dataset):
         burst_size: use the first ``burst_size`` frames (frame 0 is the reference).
         io_backend: ``{'type': 'disk'}`` (default) or ``{'type': 'lmdb', ...}`` (see ``codes/data/io_backend/``).
     """
+
+    #: the io_backend block's problems, reported by option validation with the file's other ones
+    check_options = staticmethod(io_backend_problems)
 
     def __init__(self, dataroot: str, burst_size: int = 14, io_backend: dict | None = None) -> None:
         super().__init__()

@@ -186,14 +186,8 @@ def _check_dataset(block: Any, where: str, needs_batch: bool, ctx: _Ctx) -> Any:
         return ctx.add(exc)
     for exc in option_problems(cls, checked, where):
         ctx.add(exc)
-    lmdb = False
-    if isinstance(checked.get('io_backend'), Mapping):
-        from codes.data.io_backend import check_io_backend  # the io_backend block's own check
-        try:
-            checked['io_backend'] = check_io_backend(checked['io_backend'])
-            lmdb = checked['io_backend']['type'] == 'lmdb'
-        except ValueError as exc:
-            ctx.error(f'{where}.io_backend', str(exc))
+    io_backend = checked.get('io_backend')  # its own check is the dataset class's check_options
+    lmdb = isinstance(io_backend, Mapping) and io_backend.get('type') == 'lmdb'
     for k, v in checked.items():
         if not (k.startswith('dataroot') and isinstance(v, str)):
             continue

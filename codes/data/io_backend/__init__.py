@@ -38,7 +38,8 @@ MMSR/DCLS), ``format`` (format record, meta_info lines, value decoding), ``error
 """
 from __future__ import annotations
 
-from codes.data.io_backend.backend import IO_BACKEND_KEYS, Backend, check_io_backend, open_backend
+from codes.data.io_backend.backend import (IO_BACKEND_KEYS, Backend, check_io_backend, io_backend_problems,
+                                          open_backend)
 from codes.data.io_backend.disk import DiskBackend
 from codes.data.io_backend.errors import CorruptValueError, LmdbError, LmdbFormatError, MissingKeyError
 from codes.data.io_backend.foreign_lmdb import BasicSRLmdbBackend, DclsLmdbBackend
@@ -51,6 +52,6 @@ from codes.data.io_backend.lmdb_env import check_lmdb_length
 
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUTS', 'IO_BACKEND_KEYS', 'Backend',
            'ValueInfo', 'LmdbError', 'LmdbFormatError', 'CorruptValueError', 'MissingKeyError', 'check_io_backend',
-           'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb', 'DiskBackend',
+           'io_backend_problems', 'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb', 'DiskBackend',
            'LmdbBackend', 'BasicSRLmdbBackend', 'DclsLmdbBackend', 'format_meta_line', 'parse_meta_line',
            'parse_format_record', 'decode_value', 'key_from_name', 'to_bgr_uint8', 'check_png16', 'read_png16']

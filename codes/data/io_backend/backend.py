@@ -10,7 +10,7 @@ from codes.data.io_backend.disk import DiskBackend
 from codes.data.io_backend.lmdb_backend import open_lmdb, resolve_lmdb_path
 from codes.data.io_backend.lmdb_env import DEFAULT_MAX_READERS
 
-__all__ = ['IO_BACKEND_KEYS', 'Backend', 'check_io_backend', 'open_backend']
+__all__ = ['IO_BACKEND_KEYS', 'Backend', 'check_io_backend', 'io_backend_problems', 'open_backend']
 
 #: ``io_backend`` option keys and their types.
 IO_BACKEND_KEYS: dict[str, type] = {'type': str, 'max_readers': int, 'check_crc': bool, 'readahead': bool}
@@ -62,6 +62,16 @@ def check_io_backend(io_backend: Mapping[str, Any] | None) -> dict:
     if opt.get('max_readers', 1) < 1:
         raise ValueError(f'io_backend.max_readers: must be >= 1, got {opt["max_readers"]}')
     return opt
+
+
+def io_backend_problems(args: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``check_options`` of a dataset class that takes ``io_backend``: what :func:`check_io_backend` refuses, as
+    ``[('io_backend', message)]`` (``codes.utils.build.option_problems`` reports it with the file's other problems)."""
+    try:
+        check_io_backend(args.get('io_backend'))
+    except ValueError as exc:
+        return [('io_backend', str(exc))]
+    return []
 
 
 def open_backend(io_backend: Mapping[str, Any] | None, root: str | os.PathLike,
