@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
 from codes.archs import build_network
-from codes.archs.arch_detect import detect_family, network_options_from_state_dict
+from codes.archs.arch_detect import detect_family, fitting_network_hint, network_options_from_state_dict
 from codes.archs.arch_util import GroupedDeformConv
 from codes.archs.bipnet_arch import BIPNet, convert_bipnet_checkpoint
 from codes.data.input_errors import InputError
@@ -159,7 +159,7 @@ def test_foreign_layouts_are_named(tmp_path: Path) -> None:
     torch.save({'state_dict': tiny().state_dict()}, path)
     from codes.archs.burstormer_arch import Burstormer as B
     with pytest.raises(CheckpointError, match=r"Burstormer\.ckpt: does not fit Burstormer.*'type': 'BIPNet'"):
-        load_network(B(track='real', num_features=16), path, strict=True)
+        load_network(B(track='real', num_features=16), path, strict=True, describe=fitting_network_hint)
 
 
 def test_architecture_detection_tells_bipnet_from_burstormer() -> None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchvision.ops import DeformConv2d
 
 from codes.archs import build_network
-from codes.archs.arch_detect import detect_family, network_options_from_state_dict
+from codes.archs.arch_detect import detect_family, fitting_network_hint, network_options_from_state_dict
 from codes.archs.burstormer_arch import (MDTA, Burstormer, GroupedDeformConv, LayerNorm2d, NoRefBackProjection,
                                          burst_pool, convert_burstormer_checkpoint)
 from codes.utils.build import OptionError
@@ -130,7 +130,7 @@ def test_layout_mismatch_and_foreign_files_are_named(tmp_path: Path) -> None:
     torch.save({'state_dict': tiny('real').state_dict(), 'epoch': 292}, path)
     with pytest.raises(CheckpointError, match=rf"{path}: does not fit Burstormer.*missing.*"
                                               r"back_projection1\.feat_fusion\.0\.weight.*track': 'real'"):
-        load_network(tiny('synthetic'), path, strict=True)
+        load_network(tiny('synthetic'), path, strict=True, describe=fitting_network_hint)
     with pytest.raises(ValueError, match=r"x\.pth: not a Burstormer checkpoint: entry 'epoch'.*found top-level keys "
                                          r"\['epoch', 'weights'\]"):
         convert_burstormer_checkpoint({'epoch': 3, 'weights': {}}, 'x.pth')

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from codes.archs import build_network
+from codes.archs.arch_detect import fitting_network_hint
 from codes.export.exporters import TOLERANCE, relative_error
 from codes.export.layout import export_module, layout_of
 from codes.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_network
@@ -98,7 +99,7 @@ def test_safetensors_round_trip_strict_and_without_pickle(weights, tmp_path, mon
     other = tmp_path / 'ebsr.safetensors'
     export(weights['EBSR'], 'safetensors', other)
     with pytest.raises(CheckpointError, match=r'ebsr\.safetensors: does not fit BSRT.*EBSR'):
-        load_network(build_network(TINY['BSRT']), other, strict=True)
+        load_network(build_network(TINY['BSRT']), other, strict=True, describe=fitting_network_hint)
 
 
 def test_infer_reads_safetensors_architecture(weights, tmp_path):
