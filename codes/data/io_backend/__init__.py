@@ -52,6 +52,7 @@ from codes.data.io_backend.lmdb_env import check_lmdb_length
 
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'FORMAT_KEY', 'META_PREFIX', 'LAYOUTS', 'IO_BACKEND_KEYS', 'Backend',
            'ValueInfo', 'LmdbError', 'LmdbFormatError', 'CorruptValueError', 'MissingKeyError', 'check_io_backend',
-           'io_backend_problems', 'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb', 'DiskBackend',
+           'io_backend_problems', 'check_lmdb_length', 'open_backend', 'open_lmdb', 'resolve_lmdb_path', 'is_lmdb',
+           'DiskBackend',
            'LmdbBackend', 'BasicSRLmdbBackend', 'DclsLmdbBackend', 'format_meta_line', 'parse_meta_line',
            'parse_format_record', 'decode_value', 'key_from_name', 'to_bgr_uint8', 'check_png16', 'read_png16']
